@@ -1,0 +1,124 @@
+"""Random ingredients of the stochastic estimators: Hutchinson probes and series lengths.
+
+All randomness comes from an explicit :class:`torch.Generator` when one is given, so results
+are reproducible independently of the global RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = ["Geometric", "Poisson", "ProbeKind", "SeriesLength", "sample_probes"]
+
+ProbeKind = Literal["gaussian", "rademacher"]
+
+
+def _gen_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    return generator.device if generator is not None else fallback
+
+
+def sample_probes(
+    like: Tensor, n: int, kind: ProbeKind, generator: torch.Generator | None
+) -> Tensor:
+    """Draw ``n`` Hutchinson probes ``v`` with ``E[v] = 0``, ``Cov(v) = I``.
+
+    Args:
+        like: tensor whose shape ``S``, dtype and device the probes take.
+        n: number of probes.
+        kind: ``"gaussian"`` (``N(0, I)``) or ``"rademacher"`` (uniform signs).
+        generator: source of randomness (global RNG when ``None``).
+
+    Returns:
+        Tensor of shape ``(n, *S)``.
+    """
+    device = _gen_device(generator, like.device)
+    shape = (n, *like.shape)
+    if kind == "gaussian":
+        v = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    elif kind == "rademacher":
+        bits = torch.randint(0, 2, shape, generator=generator, device=device)
+        v = (2 * bits - 1).to(like.dtype)
+    else:
+        raise ValueError(f"probe kind must be 'gaussian' or 'rademacher', got {kind!r}")
+    return v.to(like.device)
+
+
+class SeriesLength(Protocol):
+    """Distribution of the random number of series terms ``N >= n_exact_terms``."""
+
+    def sample(self, generator: torch.Generator | None) -> int:
+        """Draw ``N``."""
+        ...
+
+    def survival(self, k: int) -> float:
+        """``P(N >= k)``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """``N = n_exact_terms + M`` with ``P(M >= j) = (1 - p)^j``, ``j = 0, 1, ...``.
+
+    Args:
+        p: success probability in ``(0, 1)``; the expected number of extra terms is ``(1-p)/p``.
+        n_exact_terms: terms always evaluated (weight 1).
+    """
+
+    p: float = 0.5
+    n_exact_terms: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p < 1.0:
+            raise ValueError(f"Geometric: p must be in (0, 1), got {self.p!r}")
+        if not isinstance(self.n_exact_terms, int) or self.n_exact_terms < 1:
+            raise ValueError(f"Geometric: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}")
+
+    def sample(self, generator: torch.Generator | None) -> int:
+        """Draw ``N`` by inversion: ``M = floor(log U / log(1 - p))``."""
+        device = _gen_device(generator, torch.device("cpu"))
+        u = float(torch.rand((), generator=generator, device=device, dtype=torch.float64))
+        u = max(u, 1e-300)
+        return self.n_exact_terms + int(math.floor(math.log(u) / math.log1p(-self.p)))
+
+    def survival(self, k: int) -> float:
+        """``P(N >= k)``: 1 for ``k <= n_exact_terms``, else ``(1-p)^(k - n_exact_terms)``."""
+        return 1.0 if k <= self.n_exact_terms else (1.0 - self.p) ** (k - self.n_exact_terms)
+
+
+@dataclass(frozen=True)
+class Poisson:
+    """``N = n_exact_terms + M`` with ``M ~ Poisson(rate)``.
+
+    Args:
+        rate: mean number of extra terms, ``> 0``.
+        n_exact_terms: terms always evaluated (weight 1).
+    """
+
+    rate: float = 2.0
+    n_exact_terms: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.rate > 0.0:
+            raise ValueError(f"Poisson: rate must be > 0, got {self.rate!r}")
+        if not isinstance(self.n_exact_terms, int) or self.n_exact_terms < 1:
+            raise ValueError(f"Poisson: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}")
+
+    def sample(self, generator: torch.Generator | None) -> int:
+        """Draw ``N``."""
+        device = _gen_device(generator, torch.device("cpu"))
+        rate = torch.tensor(self.rate, dtype=torch.float64, device=device)
+        return self.n_exact_terms + int(torch.poisson(rate, generator=generator))
+
+    def survival(self, k: int) -> float:
+        """``P(N >= k) = P(M >= j)``, ``j = k - n_exact_terms``: the regularised lower
+        incomplete gamma function ``P(j, rate)`` (no cancellation in the far tail)."""
+        j = k - self.n_exact_terms
+        if j <= 0:
+            return 1.0
+        args = torch.tensor([float(j), self.rate], dtype=torch.float64)
+        return float(torch.special.gammainc(args[0], args[1]))

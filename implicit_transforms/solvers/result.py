@@ -1,0 +1,128 @@
+"""The result of a root-finding solve and the failure policy applied to it."""
+
+from __future__ import annotations
+
+import enum
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from implicit_transforms.errors import ConvergenceError, ConvergenceWarning
+
+__all__ = ["OnFailure", "SolverResult", "SolverStatus", "apply_failure_policy"]
+
+OnFailure = Literal["raise", "warn", "ignore"]
+"""What a solver does when some sample did not converge: raise
+:class:`~implicit_transforms.ConvergenceError` (default), emit a
+:class:`~implicit_transforms.ConvergenceWarning`, or silently return the best iterate."""
+
+
+class SolverStatus(enum.Enum):
+    """Outcome of a whole (batched) solve."""
+
+    SUCCESS = "every sample converged"
+    MAX_ITER = "some samples did not reach the tolerance within max_iter iterations"
+    NONFINITE = "the function returned NaN or Inf for some samples"
+
+
+@dataclass(frozen=True)
+class SolverResult:
+    """Per-sample outcome of a batched root-finding solve of ``F(z) = 0``.
+
+    Attributes:
+        root: best iterate per sample (smallest residual seen), shape ``(*batch, *event)``.
+        residual: ``||F(root)||_2`` per sample, shape ``batch``.
+        iterations: number of iterations each sample was updated, shape ``batch``.
+        converged: whether each sample met ``||F|| <= atol + rtol * ||z||``, shape ``batch``.
+        nonfinite: whether ``F`` produced NaN/Inf for a sample, shape ``batch``.
+        num_evals: total number of (batched) evaluations of ``F``.
+        status: overall :class:`SolverStatus`.
+        solver: name of the solver that produced the result.
+    """
+
+    root: Tensor
+    residual: Tensor
+    iterations: Tensor
+    converged: Tensor
+    nonfinite: Tensor
+    num_evals: int
+    status: SolverStatus
+    solver: str
+
+    @property
+    def message(self) -> str:
+        """A readable one-paragraph summary, with advice when the solve failed."""
+        n = self.converged.numel()
+        n_ok = int(self.converged.sum())
+        worst = float(self.residual.max()) if n else 0.0
+        max_it = int(self.iterations.max()) if n else 0
+        text = (
+            f"{self.solver}: {self.status.value} ({n_ok}/{n} samples converged, "
+            f"worst residual {worst:.3e}, at most {max_it} iterations, {self.num_evals} evaluations)."
+        )
+        if self.status is SolverStatus.MAX_ITER:
+            text += (
+                " To fix: raise max_iter, loosen atol/rtol, use a faster solver (anderson or "
+                "broyden instead of fixed_point), or lower the Lipschitz coefficient of the "
+                "residual networks (contraction rate Lip(g) close to 1 makes solves slow)."
+            )
+        elif self.status is SolverStatus.NONFINITE:
+            text += (
+                " Check the inputs for extreme values and that the networks are contractive "
+                "(Lip(g) < 1); a model whose spectral normalisation underestimates sigma can "
+                "diverge (see implicit_transforms.lipschitz.certify)."
+            )
+        return text
+
+    @property
+    def mean_iterations(self) -> float:
+        """Mean number of iterations per sample."""
+        return float(self.iterations.float().mean()) if self.iterations.numel() else 0.0
+
+
+def apply_failure_policy(result: SolverResult, on_failure: OnFailure) -> SolverResult:
+    """Raise, warn or pass through according to ``on_failure`` when ``result`` failed."""
+    if result.status is SolverStatus.SUCCESS or on_failure == "ignore":
+        return result
+    if on_failure == "raise":
+        raise ConvergenceError(result.message, result)
+    if on_failure == "warn":
+        warnings.warn(result.message, ConvergenceWarning, stacklevel=3)
+        return result
+    raise ValueError(f"on_failure must be 'raise', 'warn' or 'ignore', got {on_failure!r}")
+
+
+def _status(converged: Tensor, nonfinite: Tensor) -> SolverStatus:
+    if bool(nonfinite.any()):
+        return SolverStatus.NONFINITE
+    if bool(converged.all()):
+        return SolverStatus.SUCCESS
+    return SolverStatus.MAX_ITER
+
+
+def make_result(
+    *,
+    root: Tensor,
+    residual: Tensor,
+    iterations: Tensor,
+    converged: Tensor,
+    nonfinite: Tensor,
+    num_evals: int,
+    batch_shape: torch.Size,
+    event_shape: torch.Size,
+    solver: str,
+) -> SolverResult:
+    """Reshape flat ``(B, N)`` solver state back to ``(*batch, *event)`` and build the result."""
+    return SolverResult(
+        root=root.reshape(*batch_shape, *event_shape),
+        residual=residual.reshape(batch_shape),
+        iterations=iterations.reshape(batch_shape),
+        converged=converged.reshape(batch_shape),
+        nonfinite=nonfinite.reshape(batch_shape),
+        num_evals=num_evals,
+        status=_status(converged, nonfinite),
+        solver=solver,
+    )
