@@ -40,7 +40,9 @@ def evaluate_with_input_grad(g: Callable[[Tensor], Tensor], x: Tensor) -> tuple[
     gx = g(x_in)
     if not isinstance(gx, Tensor) or gx.shape != x.shape:
         got = tuple(gx.shape) if isinstance(gx, Tensor) else type(gx).__name__
-        raise ValueError(f"the residual network must map shape {tuple(x.shape)} to itself, got {got}")
+        raise ValueError(
+            f"the residual network must map shape {tuple(x.shape)} to itself, got {got}"
+        )
     return x_in, gx
 
 

@@ -36,7 +36,9 @@ class ExactLogDet:
     def __repr__(self) -> str:
         return f"ExactLogDet(max_dim={self.max_dim})"
 
-    def jacobian(self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1) -> tuple[Tensor, Tensor]:
+    def jacobian(
+        self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
+    ) -> tuple[Tensor, Tensor]:
         """Return ``(g(x), J)`` with ``J: (*batch, N, N)``, ``J[..., i, j] = d g_i / d x_j``."""
         n = flat_dim(x, event_dims)
         if n > self.max_dim:
@@ -50,8 +52,12 @@ class ExactLogDet:
             batch = x.shape[: x.dim() - event_dims]
             basis = torch.eye(n, dtype=x.dtype, device=x.device)
             rows = [
-                vjp(gx, x_in, basis[i].reshape(x.shape[x.dim() - event_dims :]).expand_as(gx),
-                    create_graph=grad_mode).reshape(*batch, n)
+                vjp(
+                    gx,
+                    x_in,
+                    basis[i].reshape(x.shape[x.dim() - event_dims :]).expand_as(gx),
+                    create_graph=grad_mode,
+                ).reshape(*batch, n)
                 for i in range(n)
             ]
         jac = torch.stack(rows, dim=-2)

@@ -76,7 +76,9 @@ class Geometric:
         if not 0.0 < self.p < 1.0:
             raise ValueError(f"Geometric: p must be in (0, 1), got {self.p!r}")
         if not isinstance(self.n_exact_terms, int) or self.n_exact_terms < 1:
-            raise ValueError(f"Geometric: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}")
+            raise ValueError(
+                f"Geometric: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}"
+            )
 
     def sample(self, generator: torch.Generator | None) -> int:
         """Draw ``N`` by inversion: ``M = floor(log U / log(1 - p))``."""
@@ -106,7 +108,9 @@ class Poisson:
         if not self.rate > 0.0:
             raise ValueError(f"Poisson: rate must be > 0, got {self.rate!r}")
         if not isinstance(self.n_exact_terms, int) or self.n_exact_terms < 1:
-            raise ValueError(f"Poisson: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}")
+            raise ValueError(
+                f"Poisson: n_exact_terms must be an int >= 1, got {self.n_exact_terms!r}"
+            )
 
     def sample(self, generator: torch.Generator | None) -> int:
         """Draw ``N``."""

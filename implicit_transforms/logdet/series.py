@@ -26,7 +26,13 @@ import torch
 from torch import Tensor
 
 from implicit_transforms.logdet.base import evaluate_with_input_grad, flat_dim, sum_event, vjp
-from implicit_transforms.logdet.random import Geometric, Poisson, ProbeKind, SeriesLength, sample_probes
+from implicit_transforms.logdet.random import (
+    Geometric,
+    Poisson,
+    ProbeKind,
+    SeriesLength,
+    sample_probes,
+)
 
 __all__ = ["GradientMode", "PowerSeriesLogDet", "RouletteLogDet", "power_series_bound"]
 
@@ -158,8 +164,14 @@ class PowerSeriesLogDet:
     ) -> tuple[Tensor, Tensor]:
         """Return ``(g(x), estimate of log det(I + J_g(x)))``; shapes ``(*batch, *event)``, ``batch``."""
         return _series_logdet(
-            g, x, event_dims=event_dims, n_terms=self.n_terms, survival=lambda k: 1.0,
-            n_probes=self.n_probes, probe=self.probe, gradient=self.gradient,
+            g,
+            x,
+            event_dims=event_dims,
+            n_terms=self.n_terms,
+            survival=lambda k: 1.0,
+            n_probes=self.n_probes,
+            probe=self.probe,
+            gradient=self.gradient,
             generator=self.generator,
         )
 
@@ -195,8 +207,12 @@ class RouletteLogDet:
     ) -> None:
         _check_common(n_probes, probe, gradient, "RouletteLogDet")
         self.length: SeriesLength = Geometric() if length is None else length
-        if not isinstance(self.length, (Geometric, Poisson)) and not hasattr(self.length, "survival"):
-            raise TypeError(f"RouletteLogDet: length must be a SeriesLength, got {type(length).__name__}")
+        if not isinstance(self.length, (Geometric, Poisson)) and not hasattr(
+            self.length, "survival"
+        ):
+            raise TypeError(
+                f"RouletteLogDet: length must be a SeriesLength, got {type(length).__name__}"
+            )
         self.n_probes, self.probe, self.gradient = n_probes, probe, gradient
         self.generator = generator
 
@@ -214,7 +230,13 @@ class RouletteLogDet:
         if not math.isfinite(self.length.survival(n_terms)) or self.length.survival(n_terms) <= 0:
             raise RuntimeError(f"RouletteLogDet: P(N >= {n_terms}) underflowed to zero")
         return _series_logdet(
-            g, x, event_dims=event_dims, n_terms=n_terms, survival=self.length.survival,
-            n_probes=self.n_probes, probe=self.probe, gradient=self.gradient,
+            g,
+            x,
+            event_dims=event_dims,
+            n_terms=n_terms,
+            survival=self.length.survival,
+            n_probes=self.n_probes,
+            probe=self.probe,
+            gradient=self.gradient,
             generator=self.generator,
         )

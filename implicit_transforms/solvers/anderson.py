@@ -59,8 +59,14 @@ def anderson(
     if not 0.0 < mixing <= 1.0:
         raise ValueError(f"anderson: mixing must be in (0, 1], got {mixing!r}")
     prob = FlatProblem(
-        fn, z0, event_dims=event_dims, atol=atol, rtol=rtol, max_iter=max_iter,
-        on_failure=on_failure, name="anderson",
+        fn,
+        z0,
+        event_dims=event_dims,
+        atol=atol,
+        rtol=rtol,
+        max_iter=max_iter,
+        on_failure=on_failure,
+        name="anderson",
     )
     with torch.no_grad():
         z = prob.z0
@@ -90,7 +96,9 @@ def anderson(
             rhs[:, 0] = 1.0
             sol = torch.linalg.solve(h, rhs)
             a = sol[:, 1:, 0]
-            a = torch.where(torch.isfinite(a).all(dim=1, keepdim=True), a, torch.full_like(a, 1.0 / m))
+            a = torch.where(
+                torch.isfinite(a).all(dim=1, keepdim=True), a, torch.full_like(a, 1.0 / m)
+            )
             mixed_t = torch.einsum("bm,bmn->bn", a, ts[:, :m])
             mixed_z = torch.einsum("bm,bmn->bn", a, zs[:, :m])
             z_new = mixing * mixed_t + (1.0 - mixing) * mixed_z
@@ -116,6 +124,13 @@ class Anderson:
     ) -> SolverResult:
         """Run :func:`anderson` with this configuration."""
         return anderson(
-            fn, z0, atol=self.atol, rtol=self.rtol, max_iter=self.max_iter, history=self.history,
-            mixing=self.mixing, event_dims=event_dims, on_failure=self.on_failure,
+            fn,
+            z0,
+            atol=self.atol,
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            history=self.history,
+            mixing=self.mixing,
+            event_dims=event_dims,
+            on_failure=self.on_failure,
         )

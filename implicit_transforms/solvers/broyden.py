@@ -29,11 +29,15 @@ class _LowRankInverse:
 
     def matvec(self, x: Tensor) -> Tensor:
         """``H x`` for ``x: (B, N)``."""
-        return self.h0 * x + torch.einsum("bnm,bm->bn", self.u, torch.einsum("bmn,bn->bm", self.v, x))
+        return self.h0 * x + torch.einsum(
+            "bnm,bm->bn", self.u, torch.einsum("bmn,bn->bm", self.v, x)
+        )
 
     def rmatvec(self, x: Tensor) -> Tensor:
         """``x^T H`` for ``x: (B, N)``."""
-        return self.h0 * x + torch.einsum("bm,bmn->bn", torch.einsum("bn,bnm->bm", x, self.u), self.v)
+        return self.h0 * x + torch.einsum(
+            "bm,bmn->bn", torch.einsum("bn,bnm->bm", x, self.u), self.v
+        )
 
     def add(self, u: Tensor, v: Tensor) -> None:
         """Add the rank-one term ``u v^T``; restart from ``h0 I`` when the memory is full."""
@@ -113,12 +117,20 @@ def broyden(
     if line_search not in ("armijo", "none"):
         raise ValueError(f"broyden: line_search must be 'armijo' or 'none', got {line_search!r}")
     if jacobian_guess == 0 or not torch.isfinite(torch.tensor(float(jacobian_guess))):
-        raise ValueError(f"broyden: jacobian_guess must be finite and non-zero, got {jacobian_guess!r}")
+        raise ValueError(
+            f"broyden: jacobian_guess must be finite and non-zero, got {jacobian_guess!r}"
+        )
     if not isinstance(max_backtracks, int) or max_backtracks < 0:
         raise ValueError(f"broyden: max_backtracks must be an int >= 0, got {max_backtracks!r}")
     prob = FlatProblem(
-        fn, z0, event_dims=event_dims, atol=atol, rtol=rtol, max_iter=max_iter,
-        on_failure=on_failure, name="broyden",
+        fn,
+        z0,
+        event_dims=event_dims,
+        atol=atol,
+        rtol=rtol,
+        max_iter=max_iter,
+        on_failure=on_failure,
+        name="broyden",
     )
     c1 = 1e-4
     with torch.no_grad():
@@ -191,7 +203,14 @@ class Broyden:
     ) -> SolverResult:
         """Run :func:`broyden` with this configuration."""
         return broyden(
-            fn, z0, atol=self.atol, rtol=self.rtol, max_iter=self.max_iter, history=self.history,
-            line_search=self.line_search, jacobian_guess=self.jacobian_guess,
-            event_dims=event_dims, on_failure=self.on_failure,
+            fn,
+            z0,
+            atol=self.atol,
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            history=self.history,
+            line_search=self.line_search,
+            jacobian_guess=self.jacobian_guess,
+            event_dims=event_dims,
+            on_failure=self.on_failure,
         )

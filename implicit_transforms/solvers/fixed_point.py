@@ -55,8 +55,14 @@ def fixed_point(
         True
     """
     prob = FlatProblem(
-        fn, z0, event_dims=event_dims, atol=atol, rtol=rtol, max_iter=max_iter,
-        on_failure=on_failure, name="fixed_point",
+        fn,
+        z0,
+        event_dims=event_dims,
+        atol=atol,
+        rtol=rtol,
+        max_iter=max_iter,
+        on_failure=on_failure,
+        name="fixed_point",
     )
     with torch.no_grad():
         z = prob.z0
@@ -85,6 +91,11 @@ class FixedPoint:
     ) -> SolverResult:
         """Run :func:`fixed_point` with this configuration."""
         return fixed_point(
-            fn, z0, atol=self.atol, rtol=self.rtol, max_iter=self.max_iter,
-            event_dims=event_dims, on_failure=self.on_failure,
+            fn,
+            z0,
+            atol=self.atol,
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            event_dims=event_dims,
+            on_failure=self.on_failure,
         )

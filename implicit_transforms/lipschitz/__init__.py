@@ -1,0 +1,22 @@
+"""Lipschitz-constrained layers, activations and networks, and their certification."""
+
+from implicit_transforms.lipschitz.activations import ACTIVATIONS, LipSwish, Sine, make_activation
+from implicit_transforms.lipschitz.certify import Certificate, certify, conv_operator_norm_bound
+from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
+from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
+
+__all__ = [
+    "ACTIVATIONS",
+    "Certificate",
+    "LipSwish",
+    "LipschitzCNN",
+    "LipschitzMLP",
+    "LipschitzNet",
+    "Sine",
+    "SpectralConv2d",
+    "SpectralLinear",
+    "certify",
+    "check_coeff",
+    "conv_operator_norm_bound",
+    "make_activation",
+]

@@ -1,0 +1,180 @@
+"""Residual networks ``g`` with ``Lip(g) < 1`` in their input, optionally conditioned on a context."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from implicit_transforms.lipschitz.activations import make_activation
+from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
+
+__all__ = ["LipschitzCNN", "LipschitzMLP", "LipschitzNet"]
+
+
+class LipschitzNet(nn.Module):
+    """Base class: a chain ``layers[0] -> act -> layers[1] -> ... -> layers[-1]``.
+
+    Each layer is spectrally normalised with coefficient ``c`` and each activation is
+    1-Lipschitz, so ``Lip(g) <= c^len(layers) < 1`` in ``x``. A context, when given, enters as an
+    additive bias after the first layer (an unconstrained function of the context), so the bound
+    holds in ``x`` for every fixed context.
+
+    Attributes:
+        event_dims: number of trailing input dimensions of one sample (1 for vectors, 3 for
+            images).
+        context_features: size of the context vector, or ``None`` for unconditional nets.
+    """
+
+    event_dims: int
+    context_features: int | None
+    layers: nn.ModuleList
+    activations: nn.ModuleList
+    context_net: nn.Module | None
+
+    def expected_event_shape(self) -> tuple[int | None, ...]:
+        """Event shape the net accepts; ``None`` marks a free size."""
+        raise NotImplementedError
+
+    def _context_bias(self, context: Tensor, like: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Evaluate ``g(x; context)``; ``x: (B, *event)``, ``context: (B, C)`` (or ``None``)."""
+        h = self.layers[0](x)
+        if self.context_net is not None:
+            if context is None:
+                raise ValueError(
+                    f"{type(self).__name__} was built with context_features="
+                    f"{self.context_features} but got context=None"
+                )
+            h = h + self._context_bias(context, h)
+        elif context is not None:
+            raise ValueError(f"{type(self).__name__} has no context input but got a context")
+        for act, layer in zip(self.activations, self.layers[1:], strict=True):
+            h = layer(act(h))
+        return h
+
+    def lipschitz_chain(self) -> list[nn.Module]:
+        """The composition ``layer, act, layer, ..., layer`` whose norms bound ``Lip(g)``."""
+        chain: list[nn.Module] = [self.layers[0]]
+        for act, layer in zip(self.activations, self.layers[1:], strict=True):
+            chain += [act, layer]
+        return chain
+
+
+class LipschitzMLP(LipschitzNet):
+    r"""Lipschitz MLP ``g: (B, D) -> (B, D)``, ``D -> hidden... -> D`` with ``Lip(g) < 1``.
+
+    Args:
+        features: ``D``.
+        hidden_features: sizes of the hidden layers.
+        coeff: Lipschitz coefficient per layer, in ``(0, 1)``.
+        activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
+        context_features: size of an optional context vector.
+        n_power_iterations: power iterations per spectral-norm update.
+
+    Example:
+        >>> import torch
+        >>> g = LipschitzMLP(2, [16])
+        >>> g(torch.zeros(5, 2)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_features: Sequence[int] = (64, 64),
+        *,
+        coeff: float = 0.97,
+        activation: str = "lipswish",
+        context_features: int | None = None,
+        n_power_iterations: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_positive("features", features)
+        hidden = list(hidden_features)
+        for h in hidden:
+            _check_positive("hidden_features entries", h)
+        check_coeff(coeff)
+        sizes = [features, *hidden, features]
+        self.features = features
+        self.event_dims = 1
+        self.context_features = context_features
+        self.layers = nn.ModuleList(
+            SpectralLinear(a, b, coeff=coeff, n_power_iterations=n_power_iterations)
+            for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.activations = nn.ModuleList(make_activation(activation) for _ in sizes[1:-1])
+        self.context_net = None
+        if context_features is not None:
+            _check_positive("context_features", context_features)
+            self.context_net = nn.Linear(context_features, sizes[1], bias=False)
+
+    def expected_event_shape(self) -> tuple[int | None, ...]:
+        """``(D,)``."""
+        return (self.features,)
+
+    def _context_bias(self, context: Tensor, like: Tensor) -> Tensor:
+        assert self.context_net is not None
+        return self.context_net(context)
+
+
+class LipschitzCNN(LipschitzNet):
+    r"""Lipschitz CNN ``g: (B, C, H, W) -> (B, C, H, W)``: conv ``k x k`` -> act -> conv
+    ``1 x 1`` -> act -> conv ``k x k`` (Residual Flows' block shape), ``Lip(g) < 1``.
+
+    Args:
+        channels: ``C``.
+        hidden_channels: channels of the two hidden feature maps.
+        coeff: Lipschitz coefficient per layer, in ``(0, 1)``.
+        activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
+        context_features: size of an optional context vector (enters as a per-channel bias).
+        kernel_size: odd size of the outer convolutions.
+        n_power_iterations: power iterations per spectral-norm update.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        hidden_channels: int = 32,
+        *,
+        coeff: float = 0.97,
+        activation: str = "lipswish",
+        context_features: int | None = None,
+        kernel_size: int = 3,
+        n_power_iterations: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_positive("channels", channels)
+        _check_positive("hidden_channels", hidden_channels)
+        check_coeff(coeff)
+        self.channels = channels
+        self.event_dims = 3
+        self.context_features = context_features
+        kw = {"coeff": coeff, "n_power_iterations": n_power_iterations}
+        self.layers = nn.ModuleList(
+            [
+                SpectralConv2d(channels, hidden_channels, kernel_size, **kw),  # type: ignore[arg-type]
+                SpectralConv2d(hidden_channels, hidden_channels, 1, **kw),  # type: ignore[arg-type]
+                SpectralConv2d(hidden_channels, channels, kernel_size, **kw),  # type: ignore[arg-type]
+            ]
+        )
+        self.activations = nn.ModuleList(make_activation(activation) for _ in range(2))
+        self.context_net = None
+        if context_features is not None:
+            _check_positive("context_features", context_features)
+            self.context_net = nn.Linear(context_features, hidden_channels, bias=False)
+
+    def expected_event_shape(self) -> tuple[int | None, ...]:
+        """``(C, None, None)``: any spatial size."""
+        return (self.channels, None, None)
+
+    def _context_bias(self, context: Tensor, like: Tensor) -> Tensor:
+        assert self.context_net is not None
+        return self.context_net(context)[:, :, None, None]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
