@@ -1,10 +1,46 @@
-"""implicit-transforms: implicit and residual normalizing-flow blocks for PyTorch."""
+"""implicit-transforms: implicit and residual normalizing-flow blocks for PyTorch.
 
+Stable names are re-exported here; submodules hold the rest (``solvers``, ``implicit``,
+``logdet``, ``lipschitz``, ``blocks``).
+"""
+
+from implicit_transforms.blocks import (
+    ImplicitBlock,
+    InvertibleBlock,
+    ResidualBlock,
+    impflow_block,
+    iresnet_block,
+    lipschitz_net,
+    resflow_block,
+)
 from implicit_transforms.errors import (
     ConvergenceError,
     ConvergenceWarning,
     ImplicitTransformsWarning,
 )
+from implicit_transforms.implicit import attach_implicit_grad, solve_implicit
+from implicit_transforms.lipschitz import LipschitzCNN, LipschitzMLP, certify
+from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, SolverResult
 
-__all__ = ["ConvergenceError", "ConvergenceWarning", "ImplicitTransformsWarning"]
+__all__ = [
+    "Anderson",
+    "Broyden",
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "FixedPoint",
+    "ImplicitBlock",
+    "ImplicitTransformsWarning",
+    "InvertibleBlock",
+    "LipschitzCNN",
+    "LipschitzMLP",
+    "ResidualBlock",
+    "SolverResult",
+    "attach_implicit_grad",
+    "certify",
+    "impflow_block",
+    "iresnet_block",
+    "lipschitz_net",
+    "resflow_block",
+    "solve_implicit",
+]
 __version__ = "0.1.0"

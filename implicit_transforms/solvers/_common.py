@@ -12,13 +12,13 @@ from implicit_transforms.solvers.result import OnFailure, SolverResult, make_res
 
 __all__ = ["FlatProblem", "Tracker", "default_tolerances"]
 
-_DEFAULT_TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+_DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 
 
 def default_tolerances(
     dtype: torch.dtype, atol: float | None, rtol: float | None
 ) -> tuple[float, float]:
-    """Fill unset tolerances from the dtype: 1e-10 for float64, 1e-5 for float32, 1e-2 else."""
+    """Fill unset tolerances from the dtype: 1e-12 for float64, 1e-6 for float32, 1e-2 else."""
     base = _DEFAULT_TOL.get(dtype, 1e-2)
     return (base if atol is None else atol), (base if rtol is None else rtol)
 

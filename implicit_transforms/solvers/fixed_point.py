@@ -37,7 +37,7 @@ def fixed_point(
     Args:
         fn: ``F``, maps ``(*batch, *event)`` to the same shape; samples must be independent.
         z0: start point, shape ``(*batch, *event)``; must be finite.
-        atol: absolute tolerance (default 1e-10 in float64, 1e-5 in float32).
+        atol: absolute tolerance (default 1e-12 in float64, 1e-6 in float32).
         rtol: relative tolerance (same defaults).
         max_iter: maximum number of iterations.
         event_dims: number of trailing dimensions forming one problem.

@@ -1,0 +1,22 @@
+"""Invertible flow blocks: residual (i-ResNet, Residual Flow) and implicit (ImpFlow)."""
+
+from implicit_transforms.blocks.base import EXACT_LOGDET_MAX_DIM, InvertibleBlock
+from implicit_transforms.blocks.factories import (
+    impflow_block,
+    iresnet_block,
+    lipschitz_net,
+    resflow_block,
+)
+from implicit_transforms.blocks.implicit import ImplicitBlock
+from implicit_transforms.blocks.residual import ResidualBlock
+
+__all__ = [
+    "EXACT_LOGDET_MAX_DIM",
+    "ImplicitBlock",
+    "InvertibleBlock",
+    "ResidualBlock",
+    "impflow_block",
+    "iresnet_block",
+    "lipschitz_net",
+    "resflow_block",
+]

@@ -1,0 +1,152 @@
+"""The contract every invertible block follows, and its input validation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from implicit_transforms.lipschitz.networks import LipschitzNet
+from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
+from implicit_transforms.solvers import SolverResult
+
+__all__ = ["EXACT_LOGDET_MAX_DIM", "InvertibleBlock"]
+
+EXACT_LOGDET_MAX_DIM = 64
+"""Events with at most this many elements are evaluated with the exact log-det by default."""
+
+
+class InvertibleBlock(nn.Module):
+    r"""Base class of the flow blocks: a bijection ``x -> y`` with a tractable log-det.
+
+    The contract (all blocks, any leading batch shape ``*``, event shape ``E``):
+
+    * ``forward_and_logdet(x, context=None) -> (y, logdet)``: ``x: (*, *E)`` to ``y: (*, *E)``
+      with ``logdet = log|det dy/dx|`` of shape ``(*)``;
+    * ``inverse_and_logdet(y, context=None) -> (x, logdet)``: the inverse map, with
+      ``logdet = log|det dx/dy| = -`` the forward log-det at ``x``;
+    * ``logdet(x, context=None)``: the forward log-det at ``x`` without any inverse solve;
+    * ``context``: ``(*, C)`` or any shape broadcastable to it, or ``None``;
+    * ``last_solve``: the :class:`~implicit_transforms.solvers.SolverResult` of the most
+      recent solve (``None`` before any).
+
+    Which log-det estimator runs is an explicit setting, never a silent switch: ``logdet_train``
+    in training mode and ``logdet_eval`` in evaluation mode. ``logdet_eval=None`` means the
+    exact log-det for events of at most :data:`EXACT_LOGDET_MAX_DIM` elements and
+    ``logdet_train`` otherwise. Calling the module is ``forward_and_logdet``.
+    """
+
+    event_dims: int
+    context_features: int | None
+    logdet_train: LogDetEstimator
+    logdet_eval: LogDetEstimator | None
+    last_solve: SolverResult | None
+
+    def _init_block(
+        self,
+        nets: list[LipschitzNet],
+        logdet_train: LogDetEstimator,
+        logdet_eval: LogDetEstimator | None,
+    ) -> None:
+        for net in nets:
+            if not isinstance(net, LipschitzNet):
+                raise TypeError(
+                    f"networks must be LipschitzNet instances, got {type(net).__name__}"
+                )
+        first = nets[0]
+        for net in nets[1:]:
+            if net.expected_event_shape() != first.expected_event_shape():
+                raise ValueError(
+                    "the networks of a block must accept the same event shape, got "
+                    f"{first.expected_event_shape()} and {net.expected_event_shape()}"
+                )
+            if net.context_features != first.context_features:
+                raise ValueError(
+                    "the networks of a block must take the same context size, got "
+                    f"{first.context_features} and {net.context_features}"
+                )
+        if not callable(logdet_train):
+            raise TypeError(
+                f"logdet_train must be a LogDetEstimator, got {type(logdet_train).__name__}"
+            )
+        self.event_dims = first.event_dims
+        self.context_features = first.context_features
+        self._event_template = first.expected_event_shape()
+        self.logdet_train = logdet_train
+        self.logdet_eval = logdet_eval
+        self.last_solve = None
+
+    def estimator(self, event_numel: int) -> LogDetEstimator:
+        """The estimator used now (depends on training mode and the event size)."""
+        if self.training:
+            return self.logdet_train
+        if self.logdet_eval is not None:
+            return self.logdet_eval
+        return ExactLogDet() if event_numel <= EXACT_LOGDET_MAX_DIM else self.logdet_train
+
+    # -- validation and flattening ------------------------------------------------------
+    def _flatten(
+        self, x: Tensor, context: Tensor | None, name: str
+    ) -> tuple[Tensor, Tensor | None, torch.Size]:
+        """Check ``x`` and ``context`` and flatten the batch: returns ``(B, *E)``, ``(B, C)``."""
+        kind = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{kind}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{kind}: {name} must be a floating-point tensor, got {x.dtype}")
+        template = self._event_template
+        event = tuple(x.shape[x.dim() - len(template) :]) if x.dim() >= len(template) else None
+        if event is None or any(
+            t is not None and t != e for t, e in zip(template, event, strict=True)
+        ):
+            want = "(*, " + ", ".join("?" if t is None else str(t) for t in template) + ")"
+            raise ValueError(f"{kind}: {name} must have shape {want}, got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{kind}: {name} contains NaN or Inf")
+        batch = x.shape[: x.dim() - len(template)]
+        flat_x = x.reshape(math.prod(batch), *event)
+        if self.context_features is None:
+            if context is not None:
+                raise ValueError(f"{kind} was built without context_features but got a context")
+            return flat_x, None, batch
+        if context is None:
+            raise ValueError(
+                f"{kind} was built with context_features={self.context_features}; pass a context"
+            )
+        if (
+            not isinstance(context, Tensor)
+            or context.dim() < 1
+            or context.shape[-1] != self.context_features
+        ):
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(
+                f"{kind}: context must have shape (*, {self.context_features}), got {got}"
+            )
+        if not bool(torch.isfinite(context).all()):
+            raise ValueError(f"{kind}: context contains NaN or Inf")
+        try:
+            ctx = context.to(x.dtype).expand(*batch, self.context_features)
+        except RuntimeError:
+            raise ValueError(
+                f"{kind}: context batch shape {tuple(context.shape[:-1])} does not broadcast to "
+                f"the input batch shape {tuple(batch)}"
+            ) from None
+        return flat_x, ctx.reshape(-1, self.context_features), batch
+
+    # -- the contract ----------------------------------------------------------------------
+    def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(y, log|det dy/dx|)``; see the class docstring."""
+        raise NotImplementedError
+
+    def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, log|det dx/dy|)``; see the class docstring."""
+        raise NotImplementedError
+
+    def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Forward log-det at ``x``, shape ``(*)``, without an inverse solve."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`forward_and_logdet`."""
+        return self.forward_and_logdet(x, context)
