@@ -95,7 +95,7 @@ def test_logdet_matches_exact_slogdet_of_autograd_jacobian(name: str) -> None:
     x, ctx = _inputs(case, batch=(3,))
     y, ld = block.forward_and_logdet(x, ctx)
     assert torch.allclose(ld, _exact_logdet(block, x, ctx, inverse=False), atol=1e-9)
-    x_rec, ld_inv = block.inverse_and_logdet(y, ctx)
+    _x_rec, ld_inv = block.inverse_and_logdet(y, ctx)
     assert torch.allclose(ld_inv, -ld, atol=1e-9)
     assert torch.allclose(ld_inv, _exact_logdet(block, y.detach(), ctx, inverse=True), atol=1e-9)
     assert torch.allclose(block.logdet(x, ctx), ld, atol=1e-12)

@@ -27,6 +27,7 @@ class InvertibleBlock(nn.Module):
     * ``inverse_and_logdet(y, context=None) -> (x, logdet)``: the inverse map, with
       ``logdet = log|det dx/dy| = -`` the forward log-det at ``x``;
     * ``logdet(x, context=None)``: the forward log-det at ``x`` without any inverse solve;
+    * ``logdet_pair(x, y, context=None)``: the same when ``y`` is known, without any solve;
     * ``context``: ``(*, C)`` or any shape broadcastable to it, or ``None``;
     * ``last_solve``: the :class:`~implicit_transforms.solvers.SolverResult` of the most
       recent solve (``None`` before any).
@@ -146,6 +147,13 @@ class InvertibleBlock(nn.Module):
     def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward log-det at ``x``, shape ``(*)``, without an inverse solve."""
         raise NotImplementedError
+
+    def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """Forward log-det at ``x`` when ``y`` (its image) is known too: never solves.
+
+        Residual blocks ignore ``y``; the implicit block needs it (its forward is a solve).
+        """
+        return self.logdet(x, context)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same as :meth:`forward_and_logdet`."""

@@ -35,7 +35,7 @@ def lipschitz_net(
             shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
         )
     if len(shape) == 3:
-        channels = hidden if isinstance(hidden, int) else int(list(hidden)[0])
+        channels = hidden if isinstance(hidden, int) else int(next(iter(hidden)))
         return LipschitzCNN(
             shape[0],
             channels,

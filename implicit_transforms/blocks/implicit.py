@@ -92,6 +92,15 @@ class ImplicitBlock(InvertibleBlock):
         x, ld, _ = self._map(flat, ctx, lambda t: self.net_z(t, ctx), lambda t: self.net_x(t, ctx))
         return x.reshape(y.shape), ld.reshape(batch)
 
+    def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log det(I + J_gx(x)) - log det(I + J_gz(y))`` for a known pair ``y = f(x)``: no solve."""
+        flat_x, ctx, batch = self._flatten(x, context, "x")
+        flat_y, _, _ = self._flatten(y, context, "y")
+        est = self.estimator(flat_x[0].numel())
+        _, ld_x = est(lambda t: self.net_x(t, ctx), flat_x, event_dims=self.event_dims)
+        _, ld_y = est(lambda t: self.net_z(t, ctx), flat_y, event_dims=self.event_dims)
+        return (ld_x - ld_y).reshape(batch)
+
     def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward log-det at ``x``. The forward map of an implicit block is itself a solve
         (for ``z``); no inverse solve is made."""

@@ -20,7 +20,7 @@ def fixed_point(
     *,
     atol: float | None = None,
     rtol: float | None = None,
-    max_iter: int = 200,
+    max_iter: int = 1000,
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
 ) -> SolverResult:
@@ -83,7 +83,7 @@ class FixedPoint:
 
     atol: float | None = None
     rtol: float | None = None
-    max_iter: int = 200
+    max_iter: int = 1000
     on_failure: OnFailure = "raise"
 
     def __call__(
