@@ -227,7 +227,8 @@ class RouletteLogDet:
     ) -> tuple[Tensor, Tensor]:
         """Return ``(g(x), unbiased estimate of log det(I + J_g(x)))``."""
         n_terms = self.length.sample(self.generator)
-        if not math.isfinite(self.length.survival(n_terms)) or self.length.survival(n_terms) <= 0:
+        tail = self.length.survival(n_terms)
+        if not math.isfinite(tail) or tail <= 0:
             raise RuntimeError(f"RouletteLogDet: P(N >= {n_terms}) underflowed to zero")
         return _series_logdet(
             g,
