@@ -51,21 +51,23 @@ def iresnet_block(
     hidden: int | Sequence[int] = (64, 64),
     *,
     coeff: float = 0.9,
+    activation: str = "elu",
     context_features: int | None = None,
     n_terms: int = 5,
     n_probes: int = 1,
     solver: Solver | None = None,
+    logdet_train: LogDetEstimator | None = None,
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ResidualBlock:
     """i-ResNet block: ELU network, truncated power series (Hutchinson), fixed-point inverse."""
     net = lipschitz_net(
-        event_shape, hidden, coeff=coeff, activation="elu", context_features=context_features
+        event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
     )
     return ResidualBlock(
         net,
         solver=solver or FixedPoint(),
-        logdet_train=PowerSeriesLogDet(n_terms, n_probes, generator=generator),
+        logdet_train=logdet_train or PowerSeriesLogDet(n_terms, n_probes, generator=generator),
         logdet_eval=logdet_eval,
     )
 
@@ -75,21 +77,24 @@ def resflow_block(
     hidden: int | Sequence[int] = (64, 64),
     *,
     coeff: float = 0.97,
+    activation: str = "lipswish",
     context_features: int | None = None,
     n_exact_terms: int = 2,
     n_probes: int = 1,
     solver: Solver | None = None,
+    logdet_train: LogDetEstimator | None = None,
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ResidualBlock:
     """Residual Flow block: LipSwish network, unbiased roulette log-det with Neumann gradient."""
     net = lipschitz_net(
-        event_shape, hidden, coeff=coeff, activation="lipswish", context_features=context_features
+        event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
     )
     return ResidualBlock(
         net,
         solver=solver or FixedPoint(),
-        logdet_train=RouletteLogDet(
+        logdet_train=logdet_train
+        or RouletteLogDet(
             Geometric(0.5, n_exact_terms), n_probes, gradient="neumann", generator=generator
         ),
         logdet_eval=logdet_eval,
@@ -101,10 +106,12 @@ def impflow_block(
     hidden: int | Sequence[int] = (64, 64),
     *,
     coeff: float = 0.97,
+    activation: str = "lipswish",
     context_features: int | None = None,
     n_exact_terms: int = 2,
     n_probes: int = 1,
     solver: Solver | None = None,
+    logdet_train: LogDetEstimator | None = None,
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ImplicitBlock:
@@ -114,7 +121,7 @@ def impflow_block(
             event_shape,
             hidden,
             coeff=coeff,
-            activation="lipswish",
+            activation=activation,
             context_features=context_features,
         )
         for _ in range(2)
@@ -122,7 +129,8 @@ def impflow_block(
     return ImplicitBlock(
         *nets,
         solver=solver or Broyden(),
-        logdet_train=RouletteLogDet(
+        logdet_train=logdet_train
+        or RouletteLogDet(
             Geometric(0.5, n_exact_terms), n_probes, gradient="neumann", generator=generator
         ),
         logdet_eval=logdet_eval,

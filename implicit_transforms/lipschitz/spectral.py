@@ -100,6 +100,14 @@ class _SpectralMixin(nn.Module):
             prev = cur
         return prev
 
+    def mark_stale(self) -> None:
+        """Make the next training-mode call run the power iteration, as after a weight change.
+
+        A trainer calls this where a resumed run would restart (after a checkpoint), so that
+        both see the same sequence of updates.
+        """
+        self._seen_key = None
+
     def sigma(self) -> Tensor:
         """Current estimate ``u^T W v`` of the operator norm (differentiable in ``W``)."""
         return (self.u.clone() * self._apply_w(self.v.clone(), self.weight)).sum()

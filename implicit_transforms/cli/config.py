@@ -1,0 +1,245 @@
+"""The trainer's settings: one frozen dataclass, its validation, and its command-line flags.
+
+Every field is one ``--flag`` (underscores become dashes); ``None`` means "the model's own
+default" and is replaced by a concrete value in :meth:`TrainConfig.resolved`, which is what a
+run directory stores in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from implicit_transforms.cli.data import TOY_DATASETS
+
+__all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
+
+MODELS = ("impflow", "resflow", "iresnet", "rq-coupling")
+SOLVERS = ("broyden", "anderson", "fixed-point")
+LOGDETS = ("roulette", "power-series", "exact")
+ACTIVATIONS = ("lipswish", "sin", "elu")
+
+#: Per-model defaults for the fields left as ``None``.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "impflow": {"coeff": 0.97, "activation": "lipswish", "solver": "broyden", "logdet": "roulette"},
+    "resflow": {
+        "coeff": 0.97,
+        "activation": "lipswish",
+        "solver": "fixed-point",
+        "logdet": "roulette",
+    },
+    "iresnet": {
+        "coeff": 0.9,
+        "activation": "elu",
+        "solver": "fixed-point",
+        "logdet": "power-series",
+    },
+    "rq-coupling": {},
+}
+
+
+def _f(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """All settings of one training run (see ``implicit-transforms train --help``)."""
+
+    # data
+    dataset: str = _f("checkerboard", "built-in data set or a .npy/.csv file of vectors (N, D)")
+    n_samples: int = _f(50_000, "number of samples drawn from a built-in data set")
+    val_fraction: float = _f(0.1, "fraction of the data held out for validation")
+    test_fraction: float = _f(0.1, "fraction of the data held out for the final test")
+    data_seed: int = _f(0, "seed of the data sampler and of the train/validation/test split")
+    # model
+    model: str = _f("impflow", "flow family", choices=MODELS)
+    blocks: int = _f(4, "number of flow blocks")
+    hidden: tuple[int, ...] = _f((64, 64), "hidden layer sizes of each network", nargs="+")
+    coeff: float | None = _f(None, "Lipschitz coefficient per layer, in (0, 1)")
+    activation: str | None = _f(None, "activation of the Lipschitz networks", choices=ACTIVATIONS)
+    actnorm: bool = _f(True, "an ActNorm layer before each block")
+    solver: str | None = _f(None, "root solver of the implicit directions", choices=SOLVERS)
+    atol: float | None = _f(
+        None, "solver absolute tolerance (default: 1e-6 float32, 1e-12 float64)"
+    )
+    rtol: float | None = _f(None, "solver relative tolerance (same defaults)")
+    max_iter: int | None = _f(None, "solver iteration limit (default: the solver's own)")
+    logdet: str | None = _f(None, "log-det estimator used in training", choices=LOGDETS)
+    n_probes: int = _f(1, "Hutchinson probes per sample of the stochastic log-det")
+    n_exact_terms: int = _f(2, "roulette: series terms always evaluated")
+    n_terms: int = _f(5, "power series: number of terms")
+    bins: int = _f(8, "rq-coupling: spline bins")
+    tail_bound: float = _f(3.0, "rq-coupling: splines act on [-B, B] (standardised units)")
+    # optimisation
+    steps: int = _f(2000, "optimisation steps")
+    batch_size: int = _f(256, "training batch size")
+    lr: float = _f(1e-3, "peak learning rate of Adam")
+    warmup: int = _f(100, "steps of linear learning-rate warm-up")
+    schedule: str = _f("cosine", "learning rate after warm-up", choices=("cosine", "constant"))
+    weight_decay: float = _f(0.0, "Adam weight decay")
+    clip_grad: float = _f(10.0, "clip the gradient norm to this value (0: no clipping)")
+    ema: float = _f(0.0, "decay of an exponential moving average of the weights (0: off)")
+    eval_every: int = _f(250, "validate (exact log-det for D <= 64) every this many steps")
+    eval_batch_size: int = _f(2000, "batch size of validation, test and sampling")
+    seed: int = _f(0, "seed of the initialisation, batch order and log-det estimator")
+    device: str = _f("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    dtype: str = _f(
+        "float32", "floating-point type of model and data", choices=("float32", "float64")
+    )
+
+    def resolved(self) -> TrainConfig:
+        """Validate every field and fill the model defaults; raises ``ValueError``."""
+        self._validate()
+        fills = {k: v for k, v in MODEL_DEFAULTS[self.model].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fills)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_json`; unknown keys are an error (a typo must not pass)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"config: unknown setting(s) {unknown}")
+        values: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """Read a ``config.json`` written by a run."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the run config {str(path)!r}: {err}") from err
+        return cls.from_json(data)
+
+    def _validate(self) -> None:
+        def positive_int(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{_flag(name)} must be a positive integer, got {v!r}")
+
+        def finite(name: str, lo: float, hi: float, *, lo_open: bool, hi_open: bool) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and math.isfinite(v)
+            ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                lb, rb = "(" if lo_open else "[", ")" if hi_open else "]"
+                raise ValueError(f"--{_flag(name)} must be in {lb}{lo}, {hi}{rb}, got {v!r}")
+
+        if self.model not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        for name in ("n_samples", "blocks", "n_probes", "n_exact_terms", "n_terms", "bins",
+                     "steps", "batch_size", "eval_every", "eval_batch_size"):  # fmt: skip
+            positive_int(name)
+        if self.max_iter is not None:
+            positive_int("max_iter")
+        if not self.hidden or any(
+            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
+        ):
+            raise ValueError(
+                f"--hidden must be one or more positive integers, got {list(self.hidden)!r}"
+            )
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be >= 0, got {self.warmup!r}")
+        finite("lr", 0.0, math.inf, lo_open=True, hi_open=True)
+        finite("weight_decay", 0.0, math.inf, lo_open=False, hi_open=True)
+        finite("clip_grad", 0.0, math.inf, lo_open=False, hi_open=True)
+        finite("ema", 0.0, 1.0, lo_open=False, hi_open=True)
+        finite("tail_bound", 0.0, math.inf, lo_open=True, hi_open=True)
+        if self.coeff is not None:
+            finite("coeff", 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("atol", "rtol"):
+            if getattr(self, name) is not None:
+                finite(name, 0.0, math.inf, lo_open=False, hi_open=True)
+        if self.atol == 0 and self.rtol == 0:
+            raise ValueError("--atol and --rtol cannot both be 0 (the solver could never stop)")
+        for name, choices in (("activation", ACTIVATIONS), ("solver", SOLVERS), ("logdet", LOGDETS),
+                              ("schedule", ("cosine", "constant")), ("dtype", ("float32", "float64"))):  # fmt: skip
+            v = getattr(self, name)
+            if v is not None and v not in choices:
+                raise ValueError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {v!r}")
+        if self.model == "rq-coupling":
+            for name in ("coeff", "activation", "solver", "logdet", "atol", "rtol", "max_iter"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"--{_flag(name)} does not apply to --model rq-coupling "
+                        "(a coupling flow has no Lipschitz network, solver or log-det estimator)"
+                    )
+        if self.dataset not in TOY_DATASETS and Path(self.dataset).suffix.lower() not in (
+            ".npy",
+            ".csv",
+        ):
+            raise ValueError(
+                f"--dataset: unknown dataset {self.dataset!r}: expected one of "
+                f"{', '.join(TOY_DATASETS)} or a path to a .npy/.csv file"
+            )
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per :class:`TrainConfig` field (defaults shown in ``--help``)."""
+    groups = {
+        "dataset": parser.add_argument_group("data"),
+        "model": parser.add_argument_group("model"),
+        "steps": parser.add_argument_group("optimisation"),
+    }
+    group: Any = parser
+    for f in dataclasses.fields(TrainConfig):
+        group = groups.get(f.name, group)
+        meta = dict(f.metadata)
+        help_text = meta.pop("help")
+        shown = "model default" if f.default is None else f.default
+        if isinstance(shown, tuple):
+            shown = " ".join(map(str, shown))
+        kwargs: dict[str, Any] = {
+            "help": f"{help_text} (default: {shown})",
+            "default": None,
+            **meta,
+        }
+        if isinstance(f.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _arg_type(f.name)
+            kwargs["metavar"] = f.name.upper() if "choices" not in meta else None
+        group.add_argument(f"--{_flag(f.name)}", dest=f.name, **kwargs)
+
+
+def _arg_type(name: str) -> Any:
+    probe = TrainConfig.__dataclass_fields__[name].default
+    if name in ("hidden", "n_samples", "data_seed", "blocks", "max_iter", "n_probes",
+                "n_exact_terms", "n_terms", "bins", "steps", "batch_size", "warmup",
+                "eval_every", "eval_batch_size", "seed"):  # fmt: skip
+        return int
+    if name in ("coeff", "atol", "rtol") or isinstance(probe, float):
+        return float
+    return str
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The config from parsed flags; flags not given keep the value of ``base``."""
+    base = base or TrainConfig()
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            given[f.name] = tuple(v) if f.name == "hidden" else v
+    return dataclasses.replace(base, **given)

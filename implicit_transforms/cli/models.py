@@ -1,0 +1,164 @@
+"""Flows for the trainer, assembled from the nflows plugin (and nflows' own coupling layers).
+
+Every flow maps data to noise as ``Standardize -> [ActNorm -> block] x L -> N(0, I)``. The
+first layer is the fixed standardisation with training statistics, so ``flow.log_prob`` is a
+density in the units of the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from nflows.distributions import StandardNormal
+from nflows.flows import Flow
+from nflows.nn.nets import ResidualNet
+from nflows.transforms import (
+    ActNorm,
+    CompositeTransform,
+    PiecewiseRationalQuadraticCouplingTransform,
+    Transform,
+)
+from nflows.utils import create_alternating_binary_mask
+from torch import Tensor
+
+from implicit_transforms.blocks import (
+    EXACT_LOGDET_MAX_DIM,
+    InvertibleBlock,
+    impflow_block,
+    iresnet_block,
+    resflow_block,
+)
+from implicit_transforms.cli.config import TrainConfig
+from implicit_transforms.logdet import (
+    ExactLogDet,
+    Geometric,
+    LogDetEstimator,
+    PowerSeriesLogDet,
+    RouletteLogDet,
+)
+from implicit_transforms.plugins.nflows import BlockTransform
+from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, Solver
+
+__all__ = ["Standardize", "blocks_of", "build_flow", "make_logdet", "make_solver"]
+
+
+class Standardize(Transform):
+    r"""The fixed affine map ``z = (x - mean) / std`` (data to noise); log-det ``-sum log std``.
+
+    Args:
+        mean: ``(D,)`` feature means.
+        std: ``(D,)`` positive feature standard deviations.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor) -> None:
+        super().__init__()
+        if mean.shape != std.shape or mean.dim() != 1:
+            raise ValueError(
+                f"mean and std must both have shape (D,), got {mean.shape}, {std.shape}"
+            )
+        if not bool((std > 0).all()):
+            raise ValueError("std must be positive")
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``((x - mean) / std, -sum(log std))`` per sample."""
+        logdet = -torch.log(self.std).sum().expand(inputs.shape[0])
+        return (inputs - self.mean) / self.std, logdet
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(z std + mean, sum(log std))`` per sample."""
+        logdet = torch.log(self.std).sum().expand(inputs.shape[0])
+        return inputs * self.std + self.mean, logdet
+
+
+def make_solver(cfg: TrainConfig) -> Solver:
+    """The solver named by ``cfg.solver`` with the configured tolerances."""
+    kwargs: dict[str, float | int] = {}
+    for name in ("atol", "rtol", "max_iter"):
+        if getattr(cfg, name) is not None:
+            kwargs[name] = getattr(cfg, name)
+    classes: dict[str | None, type] = {
+        "broyden": Broyden,
+        "anderson": Anderson,
+        "fixed-point": FixedPoint,
+    }
+    solver: Solver = classes[cfg.solver](**kwargs)
+    return solver
+
+
+def make_logdet(cfg: TrainConfig, generator: torch.Generator) -> LogDetEstimator:
+    """The training log-det estimator named by ``cfg.logdet``, drawing from ``generator``."""
+    if cfg.logdet == "exact":
+        return ExactLogDet()
+    if cfg.logdet == "power-series":
+        return PowerSeriesLogDet(cfg.n_terms, cfg.n_probes, generator=generator)
+    return RouletteLogDet(
+        Geometric(0.5, cfg.n_exact_terms), cfg.n_probes, gradient="neumann", generator=generator
+    )
+
+
+_FACTORIES: dict[str, Callable[..., InvertibleBlock]] = {
+    "impflow": impflow_block,
+    "resflow": resflow_block,
+    "iresnet": iresnet_block,
+}
+
+
+def build_flow(
+    cfg: TrainConfig, mean: Tensor, std: Tensor, generator: torch.Generator | None = None
+) -> Flow:
+    """The nflows ``Flow`` described by a resolved ``cfg`` for data with statistics ``mean``, ``std``.
+
+    Args:
+        cfg: a :meth:`TrainConfig.resolved` config.
+        mean: ``(D,)`` training means.
+        std: ``(D,)`` training standard deviations.
+        generator: randomness of the stochastic log-det estimators (``None``: a new one).
+    """
+    features = int(mean.shape[0])
+    generator = generator or torch.Generator(device=mean.device)
+    layers: list[Transform] = [Standardize(mean, std)]
+    for i in range(cfg.blocks):
+        if cfg.actnorm:
+            layers.append(ActNorm(features))
+        if cfg.model == "rq-coupling":
+            layers.append(_rq_coupling(cfg, features, even=i % 2 == 0))
+            continue
+        logdet_eval = None
+        if features > EXACT_LOGDET_MAX_DIM:  # a high-precision estimate for evaluation
+            logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
+        if cfg.coeff is None or cfg.activation is None or cfg.solver is None or cfg.logdet is None:
+            raise ValueError("build_flow needs a resolved config: pass cfg.resolved()")
+        block = _FACTORIES[cfg.model](
+            features,
+            list(cfg.hidden),
+            coeff=cfg.coeff,
+            activation=cfg.activation,
+            solver=make_solver(cfg),
+            logdet_train=make_logdet(cfg, generator),
+            logdet_eval=logdet_eval,
+        )
+        layers.append(BlockTransform(block))
+    return Flow(CompositeTransform(layers), StandardNormal([features]))
+
+
+def _rq_coupling(cfg: TrainConfig, features: int, *, even: bool) -> Transform:
+    def net(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(in_features, out_features, cfg.hidden[0], num_blocks=len(cfg.hidden))
+
+    return PiecewiseRationalQuadraticCouplingTransform(
+        create_alternating_binary_mask(features, even=even),
+        net,
+        num_bins=cfg.bins,
+        tails="linear",
+        tail_bound=cfg.tail_bound,
+    )
+
+
+def blocks_of(flow: torch.nn.Module) -> Iterator[InvertibleBlock]:
+    """Every :class:`~implicit_transforms.InvertibleBlock` inside ``flow``, in order."""
+    for module in flow.modules():
+        if isinstance(module, InvertibleBlock):
+            yield module
