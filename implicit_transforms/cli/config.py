@@ -24,18 +24,21 @@ SOLVERS = ("broyden", "anderson", "fixed-point")
 LOGDETS = ("roulette", "power-series", "exact")
 ACTIVATIONS = ("lipswish", "sin", "elu")
 
-#: Per-model defaults for the fields left as ``None``.
+#: Per-model defaults for the fields left as ``None``. The trainer uses the sine activation
+#: ``sin(2 pi x) / (2 pi)`` for all three residual families: on standardised 2-D data the
+#: papers' LipSwish (and ELU) networks start almost linear, and 4-8 blocks sat on the Gaussian
+#: fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it at once.
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "impflow": {"coeff": 0.97, "activation": "lipswish", "solver": "broyden", "logdet": "roulette"},
+    "impflow": {"coeff": 0.97, "activation": "sin", "solver": "broyden", "logdet": "roulette"},
     "resflow": {
         "coeff": 0.97,
-        "activation": "lipswish",
+        "activation": "sin",
         "solver": "fixed-point",
         "logdet": "roulette",
     },
     "iresnet": {
         "coeff": 0.9,
-        "activation": "elu",
+        "activation": "sin",
         "solver": "fixed-point",
         "logdet": "power-series",
     },

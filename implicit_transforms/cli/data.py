@@ -165,17 +165,22 @@ def load_array(path: str | Path) -> Tensor:
     if not p.is_file():
         raise ValueError(f"data file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
+    if suffix == ".npy":
+        try:
             arr = np.load(p, allow_pickle=False)
-        elif suffix == ".csv":
+        except (OSError, EOFError, ValueError) as err:
+            raise ValueError(f"data file {str(p)!r} could not be read as .npy: {err}") from None
+    elif suffix == ".csv":
+        try:
             arr = _read_csv(p)
-        else:
-            raise ValueError(
-                f"data file {str(p)!r}: expected a .npy or .csv file, got {suffix or 'no suffix'!r}"
-            )
-    except (OSError, EOFError) as err:
-        raise ValueError(f"data file {str(p)!r} could not be read: {err}") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"data file {str(p)!r} could not be read: {err}") from None
+    else:
+        raise ValueError(
+            f"data file {str(p)!r}: expected a .npy or .csv file, got {suffix or 'no suffix'!r}"
+        )
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"data file {str(p)!r}: expected one array, got {type(arr).__name__}")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"data file {str(p)!r}: expected numbers, got dtype {arr.dtype}")
     if arr.ndim != 2 or arr.shape[1] < 2:

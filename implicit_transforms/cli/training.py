@@ -44,6 +44,15 @@ class TrainingStopped(RuntimeError):
         super().__init__(message)
         self.step, self.last_good_step = step, last_good_step
 
+    def with_checkpoint(self, path: Path) -> TrainingStopped:
+        """The same error, its message naming the checkpoint that was kept."""
+        return TrainingStopped(
+            f"{self}; the last good checkpoint (step {self.last_good_step}) is kept in {path} "
+            "(try a smaller --lr, --clip-grad or --coeff, then --resume)",
+            self.step,
+            self.last_good_step,
+        )
+
 
 class EMA:
     r"""Exponential moving average of the parameters, ``s <- d s + (1 - d) p``.
@@ -258,9 +267,11 @@ def train(
             try:
                 with solves.watch(flow):
                     loss = -flow.log_prob(train_x[idx.to(train_x.device)]).mean()
-            except ConvergenceError as err:
+            except (ConvergenceError, ValueError) as err:
+                # A diverged step shows up here as a solver failure or as NaN/Inf reaching a
+                # block's input check: stop and keep the last good checkpoint either way.
                 raise TrainingStopped(
-                    f"training stopped at step {step + 1}: a solver failed ({err})",
+                    f"training stopped at step {step + 1}: {_first_line(err)}",
                     step + 1, state["step"],
                 ) from err  # fmt: skip
             loss_value = float(loss.detach())
@@ -272,9 +283,9 @@ def train(
             opt.zero_grad(set_to_none=True)
             try:
                 loss.backward()
-            except ConvergenceError as err:
+            except (ConvergenceError, ValueError) as err:
                 raise TrainingStopped(
-                    f"training stopped at step {step + 1}: the adjoint solver failed ({err})",
+                    f"training stopped at step {step + 1}, in the backward pass: {_first_line(err)}",
                     step + 1, state["step"],
                 ) from err  # fmt: skip
             max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
@@ -324,10 +335,17 @@ def train(
             if val_bits is not None:
                 info["val_bits"] = f"{val_bits:.3f}"
             bar.update(done, info)
+    except TrainingStopped as err:
+        raise err.with_checkpoint(run.checkpoint) from err.__cause__
     finally:
         metrics.close()
         bar.close()
     return _summary(state)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _summary(state: dict[str, Any]) -> dict[str, Any]:

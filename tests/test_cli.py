@@ -1,0 +1,402 @@
+"""The command-line trainer: data, settings, the loop, and the CLI end to end on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nflows")
+
+from implicit_transforms.cli.config import TrainConfig
+from implicit_transforms.cli.data import (
+    TOY_DATASETS,
+    checkerboard,
+    load_array,
+    load_dataset,
+    split_and_standardize,
+)
+from implicit_transforms.cli.main import main
+from implicit_transforms.cli.models import Standardize
+from implicit_transforms.cli.session import Session, select_device
+from implicit_transforms.cli.training import EMA, batch_indices, lr_factor
+
+# A tiny run: 2 blocks of width 8 on 400 points, 6 steps, validation every 3 steps.
+TINY = [
+    "--n-samples", "400", "--blocks", "2", "--hidden", "8", "--steps", "6", "--eval-every", "3",
+    "--batch-size", "32", "--warmup", "2", "--eval-batch-size", "100", "--no-progress",
+]  # fmt: skip
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- data -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(TOY_DATASETS))
+def test_toy_data_seeded_and_finite(name: str) -> None:
+    a = TOY_DATASETS[name](500, torch.Generator().manual_seed(3))
+    b = TOY_DATASETS[name](500, torch.Generator().manual_seed(3))
+    c = TOY_DATASETS[name](500, torch.Generator().manual_seed(4))
+    assert a.shape == (500, 2) and a.dtype == torch.float64
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.5 < float(a.std(0).min()) and float(a.abs().max()) < 6  # comparable scales
+
+
+def test_checkerboard_is_uniform_on_the_black_squares() -> None:
+    x = checkerboard(80_000, torch.Generator().manual_seed(0))
+    assert float(x.abs().max()) <= 4.0
+    col, row = torch.floor((x[:, 0] + 4) / 2).long(), torch.floor((x[:, 1] + 4) / 2).long()
+    assert bool(((col + row) % 2 == 0).all())  # only the 8 squares of one colour
+    counts = torch.bincount(col * 4 + row, minlength=16)[(torch.arange(16) // 4 + torch.arange(16) % 4) % 2 == 0]
+    expected = 80_000 / 8
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 24.3  # 7 degrees of freedom, p = 0.001
+    # uniform inside a square: the fractional position has mean 1/2 and variance 1/12
+    frac = ((x + 4) / 2) % 1
+    assert torch.allclose(frac.mean(0), torch.full((2,), 0.5, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(frac.var(0), torch.full((2,), 1 / 12, dtype=torch.float64), atol=0.003)
+
+
+def test_split_is_seeded_disjoint_and_standardised_on_train_only() -> None:
+    data = torch.randn(1000, 3, dtype=torch.float64) * torch.tensor([1.0, 5.0, 0.1]) + 2
+    s = split_and_standardize(data, name="x", val_fraction=0.1, test_fraction=0.2, seed=1)
+    assert (len(s.train), len(s.validation), len(s.test)) == (700, 100, 200)
+    whole = torch.cat([s.train, s.validation, s.test])
+    assert torch.equal(whole[whole[:, 0].argsort()], data[data[:, 0].argsort()])
+    assert torch.allclose(s.mean, s.train.mean(0)) and torch.allclose(s.std, s.train.std(0))
+    assert not torch.allclose(s.mean, data.mean(0))
+    again = split_and_standardize(data, name="x", val_fraction=0.1, test_fraction=0.2, seed=1)
+    other = split_and_standardize(data, name="x", val_fraction=0.1, test_fraction=0.2, seed=2)
+    assert torch.equal(s.test, again.test) and not torch.equal(s.test, other.test)
+
+
+def test_standardize_layer_is_exact() -> None:
+    mean, std = torch.tensor([1.0, -2.0]), torch.tensor([2.0, 0.5])
+    layer = Standardize(mean, std)
+    x = torch.randn(5, 2)
+    z, ld = layer(x)
+    assert torch.allclose(z, (x - mean) / std)
+    assert torch.allclose(ld, torch.full((5,), -math.log(2.0 * 0.5)))
+    back, ld_inv = layer.inverse(z)
+    assert torch.allclose(back, x) and torch.allclose(ld_inv, -ld)
+
+
+def test_files_npy_and_csv(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).normal(size=(50, 3))
+    np.save(tmp_path / "a.npy", arr)
+    (tmp_path / "a.csv").write_text("u,v,w\n" + "\n".join(",".join(map(str, r)) for r in arr))
+    for name in ("a.npy", "a.csv"):
+        loaded = load_array(tmp_path / name)
+        assert loaded.shape == (50, 3)
+        assert np.allclose(loaded.numpy(), arr)
+    splits = load_dataset(str(tmp_path / "a.csv"), seed=0)
+    assert splits.features == 3 and len(splits.test) == 5
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        (None, ".npy", "does not exist"),
+        ("1,2\n3,4\n", ".txt", "expected a .npy or .csv file"),
+        ("1,2\n3,x\n", ".csv", "line 2: not a comma-separated row"),
+        ("1,2\n3,4,5\n", ".csv", "rows have different lengths"),
+        ("1,2\nnan,4\n5,6\n", ".csv", "NaN/Inf value(s), the first in row 1"),
+        ("1\n2\n3\n", ".csv", "expected a 2-D array (N, D) with D >= 2"),
+        ("", ".csv", "is empty"),
+        ("garbage", ".npy", "could not be read"),
+    ],
+)
+def test_bad_files_give_clear_errors(
+    tmp_path: Path, content: str | None, suffix: str, message: str
+) -> None:
+    path = tmp_path / f"data{suffix}"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=None) as info:
+        load_array(path)
+    assert message in str(info.value) and "data" in str(info.value)
+
+
+def test_constant_feature_and_tiny_data_are_refused() -> None:
+    data = torch.randn(100, 2, dtype=torch.float64)
+    data[:, 1] = 3.0
+    with pytest.raises(ValueError, match=r"feature\(s\) \[1\] are constant"):
+        split_and_standardize(data, name="c", val_fraction=0.1, test_fraction=0.1, seed=0)
+    with pytest.raises(ValueError, match="too few to split"):
+        split_and_standardize(data[:3], name="c", val_fraction=0.1, test_fraction=0.1, seed=0)
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"coeff": 1.0}, "--coeff must be in (0.0, 1.0)"),
+        ({"steps": 0}, "--steps must be a positive integer"),
+        ({"lr": float("nan")}, "--lr must be in"),
+        ({"ema": 1.0}, "--ema must be in [0.0, 1.0)"),
+        ({"hidden": ()}, "--hidden must be one or more positive integers"),
+        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"model": "glow"}, "--model must be one of"),
+        ({"model": "rq-coupling", "solver": "broyden"}, "--solver does not apply"),
+        ({"atol": 0.0, "rtol": 0.0}, "cannot both be 0"),
+        ({"device": "tpu"}, "--device must be auto, cpu, cuda"),
+    ],
+)
+def test_impossible_settings(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**change).resolved()  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_model_defaults_are_filled_and_json_round_trips() -> None:
+    cfg = TrainConfig(model="iresnet").resolved()
+    assert (cfg.coeff, cfg.activation, cfg.solver, cfg.logdet) == (0.9, "elu", "fixed-point", "power-series")
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    with pytest.raises(ValueError, match="unknown setting"):
+        TrainConfig.from_json({**cfg.to_json(), "lr_typo": 1.0})
+
+
+def test_cuda_request_without_cuda_is_refused() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    assert select_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        select_device("cuda")
+
+
+# -- loop pieces ------------------------------------------------------------------------------
+
+
+def test_lr_schedule() -> None:
+    f = [lr_factor(s, warmup=4, total=20, schedule="cosine") for s in range(20)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0] and f[4] == 1.0
+    assert all(a >= b for a, b in zip(f[4:], f[5:], strict=False)) and f[-1] < 0.02
+    assert lr_factor(15, warmup=4, total=20, schedule="constant") == 1.0
+
+
+def test_batches_cover_each_epoch_once_and_are_reproducible() -> None:
+    rows = torch.cat([batch_indices(s, 100, 30, seed=5) for s in range(3)])
+    assert len(rows) == 90 and len(set(rows.tolist())) == 90
+    assert torch.equal(batch_indices(4, 100, 30, seed=5), batch_indices(4, 100, 30, seed=5))
+    assert not torch.equal(batch_indices(0, 100, 30, seed=5), batch_indices(3, 100, 30, seed=5))
+
+
+def test_ema_average_and_swap() -> None:
+    model = torch.nn.Linear(2, 1)
+    ema = EMA(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # decay min(0.5, 1/10) = 0.1
+    expected = 0.1 * start + 0.9 * (start + 1)
+    assert torch.allclose(ema.shadow["weight"], expected)
+    with ema.applied(model):
+        assert torch.allclose(model.weight, expected)
+    assert torch.allclose(model.weight, start + 1)
+
+
+# -- the command line, end to end ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--run-dir", str(run)]) == 0
+    return run
+
+
+def test_train_writes_the_run_directory(trained: Path) -> None:
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "best.pt", "report.json", "figure.png"):
+        assert (trained / name).is_file(), name
+    assert (trained / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["model"] == "impflow" and cfg["solver"] == "broyden" and cfg["coeff"] == 0.97
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r]
+    vals = [r for r in lines if "val_nll" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in vals] == [3, 6]
+    assert all(math.isfinite(r["loss"]) and r["solver_iters"] > 0 for r in steps)
+    # the report: test metrics, model selection on validation
+    report = json.loads((trained / "report.json").read_text())
+    best = min(vals, key=lambda r: r["val_nll"])
+    assert report["best_step"] == best["step"]
+    assert report["best_val_nll"] == pytest.approx(best["val_nll"])
+    t = report["test"]
+    assert t["nll_bits"] == pytest.approx(t["nll_nats"] / math.log(2))
+    assert t["nll_bits_per_dim"] == pytest.approx(t["nll_bits"] / 2)
+    assert report["data_entropy_bits"] == 5.0 and t["nll_bits"] > 5.0
+    assert report["reconstruction_error"]["max"] < 1e-3
+    its = report["solver_iterations"]
+    assert its["forward_mean"] > 0 and its["inverse_mean"] > 0
+    assert report["lipschitz_bound"] < 1.0
+    assert report["parameters"] == 2 * 2 * (2 * 8 + 8 + 8 * 2 + 2 + 1) + 2 * 4  # nets + ActNorm
+    assert report["wall_time_s"] > 0 and report["steps"] == 6
+    assert report["n_test"] == 40 and report["samples_nonfinite"] == 0
+
+
+def test_report_matches_an_independent_exact_computation(trained: Path) -> None:
+    """Test NLL recomputed from best.pt with autograd's Jacobian of the whole flow."""
+    cfg = TrainConfig.load(trained / "config.json")
+    session = Session.create(cfg)
+    state = torch.load(trained / "best.pt", weights_only=False)
+    session.flow.load_state_dict(state["model"])
+    from implicit_transforms.cli.evaluation import refine_spectral_norms
+
+    refine_spectral_norms(session.flow)
+    session.flow.eval()
+    x = session.splits.test[:10].float()
+    transform = session.flow._transform
+    total = 0.0
+    for xi in x:
+        z, _ = transform(xi[None])
+        jac = torch.autograd.functional.jacobian(lambda v: transform(v[None])[0][0], xi)
+        logp = -0.5 * float((z**2).sum()) - math.log(2 * math.pi) + float(torch.linalg.slogdet(jac)[1])
+        total += logp
+    from implicit_transforms.cli.evaluation import log_prob
+
+    ours = log_prob(session.flow, x, 100)
+    assert float(ours.sum()) == pytest.approx(total, rel=1e-4, abs=1e-3)
+
+
+def test_evaluate_and_sample(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = json.loads((trained / "report.json").read_text())
+    code, out, _ = run_cli(["evaluate", str(trained), "--no-progress"], capsys)
+    assert code == 0 and "test NLL" in out and "report:" in out and "figure:" in out
+    after = json.loads((trained / "report.json").read_text())
+    assert after["test"]["nll_nats"] == pytest.approx(before["test"]["nll_nats"], abs=1e-5)
+    assert after["wall_time_s"] == before["wall_time_s"]  # training time is kept
+    csv = tmp_path / "s.csv"
+    code, out, _ = run_cli(["sample", str(trained), "-n", "50", "--output", str(csv)], capsys)
+    assert code == 0 and "wrote 50 samples" in out
+    arr = np.loadtxt(csv, delimiter=",")
+    assert arr.shape == (50, 2) and np.isfinite(arr).all()
+    code, _, _ = run_cli(["sample", str(trained), "-n", "7", "--seed", "3"], capsys)
+    assert code == 0 and np.load(trained / "samples.npy").shape == (7, 2)
+
+
+@pytest.mark.parametrize("model", ["impflow", "rq-coupling"])
+def test_resume_continues_exactly(model: str, tmp_path: Path) -> None:
+    """6 steps at once == 3 steps, stop, resume to 6: same weights, optimiser, metrics."""
+    common = [*TINY, "--model", model, "--ema", "0.9", "--dtype", "float64"]
+    common[common.index("--steps") + 1] = "6"
+    assert main(["train", *common, "--run-dir", str(tmp_path / "a")]) == 0
+    short = list(common)
+    short[short.index("--steps") + 1] = "3"
+    assert main(["train", *short, "--run-dir", str(tmp_path / "b")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "b"), "--steps", "6", "--no-progress"]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["ema"]["shadow"].items():
+        assert torch.equal(v, b["ema"]["shadow"][k]), k
+    ma = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    mb = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(ma) == strip(mb)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "nan"
+    args = ["train", *TINY, "--model", "rq-coupling", "--lr", "1e6", "--clip-grad", "0",
+            "--warmup", "0", "--eval-every", "1", "--run-dir", str(run)]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "training stopped at step" in lines[0]
+    assert "the loss is" in lines[0] and "last good checkpoint" in lines[0]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    stopped = int(lines[0].split("step ")[1].split(":")[0])
+    assert ckpt["step"] == stopped - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--coeff", "1.5"], "--coeff must be in (0.0, 1.0)"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--model", "rq-coupling", "--coeff", "0.9"], "--coeff does not apply"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["train", *TINY, *extra, "--run-dir", str(tmp_path / "r")], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("implicit-transforms: error:") and message in err
+
+
+def test_bad_data_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nan = tmp_path / "nan.csv"
+    nan.write_text("1,2\n3,nan\n5,6\n7,8\n")
+    bad = tmp_path / "bad.npy"
+    bad.write_text("not numpy")
+    for path, message in ((nan, "NaN/Inf"), (bad, "could not be read"), (tmp_path / "no.csv", "does not exist")):
+        code, _, err = run_cli(["train", *TINY, "--dataset", str(path), "--run-dir", str(tmp_path / "r")], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_run_dir_misuse_exit_2(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["train", *TINY, "--run-dir", str(trained)], capsys)
+    assert code == 2 and "is not empty" in err
+    code, _, err = run_cli(["train", "--resume", str(trained), "--lr", "0.1"], capsys)
+    assert code == 2 and "only --steps and --device may be given, got --lr" in err
+    code, _, err = run_cli(["evaluate", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "does not exist" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["sample", str(empty)], capsys)
+    assert code == 2 and "has no config.json" in err
+    code, _, err = run_cli(["sample", str(trained), "--output", str(tmp_path / "x.txt")], capsys)
+    assert code == 2 and "must end in .npy or .csv" in err
+
+
+def test_user_file_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "d.npy", rng.normal(size=(300, 3)) @ np.array([[1, 0.5, 0], [0, 1, 0], [0, 0, 3.0]]))
+    run = tmp_path / "r"
+    code, out, _ = run_cli(
+        ["train", *TINY, "--dataset", str(tmp_path / "d.npy"), "--model", "resflow", "--run-dir", str(run)],
+        capsys,
+    )
+    assert code == 0 and "D=3" in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["features"] == 3 and report["data_entropy_bits"] is None
+    assert report["solver_iterations"]["forward_mean"] is None  # the explicit direction never solves
+    assert report["solver_iterations"]["inverse_mean"] > 0
+    assert (run / "figure.png").is_file()
+
+
+def test_python_dash_m_and_help() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "implicit_transforms", "train", "--help"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0
+    for flag in ("--dataset", "--model", "--coeff", "--solver", "--ema", "--resume", "--device"):
+        assert flag in res.stdout
+    res = subprocess.run(
+        [sys.executable, "-m", "implicit_transforms", "train", "--model", "glow"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert res.returncode == 2 and "invalid choice: 'glow'" in res.stderr
