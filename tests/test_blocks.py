@@ -298,3 +298,23 @@ def test_exact_default_for_small_events_only() -> None:
     assert type(small.estimator(3)).__name__ == "ExactLogDet"
     assert small.estimator(10_000) is small.logdet_train
     assert math.isfinite(float(small.logdet(torch.randn(1, 3))))
+
+
+def test_factories_take_activation_and_training_estimator() -> None:
+    from implicit_transforms.lipschitz.activations import Sine
+    from implicit_transforms.logdet import ExactLogDet
+
+    for factory in (iresnet_block, resflow_block, impflow_block):
+        block = factory(2, [8], activation="sin", logdet_train=ExactLogDet())
+        assert any(isinstance(m, Sine) for m in block.modules()), factory.__name__
+        assert isinstance(block.logdet_train, ExactLogDet)
+        x = torch.randn(5, 2, dtype=torch.float64)
+        block = block.double()
+        _, ld = block.forward_and_logdet(x)
+        jac = torch.stack(
+            [
+                torch.autograd.functional.jacobian(lambda v, b=block: b(v[None])[0][0], xi)
+                for xi in x
+            ]
+        )
+        assert torch.allclose(ld, torch.linalg.slogdet(jac)[1], atol=1e-9)

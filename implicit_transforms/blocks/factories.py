@@ -60,7 +60,21 @@ def iresnet_block(
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ResidualBlock:
-    """i-ResNet block: ELU network, truncated power series (Hutchinson), fixed-point inverse."""
+    """i-ResNet block: ELU network, truncated power series (Hutchinson), fixed-point inverse.
+
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
+        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
+        context_features: size of a context that enters as an additive bias, if any.
+        n_terms: terms of the truncated power series.
+        n_probes: Hutchinson probes per sample in training.
+        solver: the root solver (fixed point by default).
+        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
+        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
+        generator: randomness of the default training estimator.
+    """
     net = lipschitz_net(
         event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
     )
@@ -86,7 +100,21 @@ def resflow_block(
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ResidualBlock:
-    """Residual Flow block: LipSwish network, unbiased roulette log-det with Neumann gradient."""
+    """Residual Flow block: LipSwish network, unbiased roulette log-det with Neumann gradient.
+
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
+        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
+        context_features: size of a context that enters as an additive bias, if any.
+        n_exact_terms: roulette terms always evaluated.
+        n_probes: Hutchinson probes per sample in training.
+        solver: the root solver (fixed point by default).
+        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
+        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
+        generator: randomness of the default training estimator.
+    """
     net = lipschitz_net(
         event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
     )
@@ -115,7 +143,21 @@ def impflow_block(
     logdet_eval: LogDetEstimator | None = None,
     generator: torch.Generator | None = None,
 ) -> ImplicitBlock:
-    """ImpFlow block: two LipSwish networks, Broyden in both directions, roulette log-det."""
+    """ImpFlow block: two LipSwish networks, Broyden in both directions, roulette log-det.
+
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
+        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
+        context_features: size of a context that enters as an additive bias, if any.
+        n_exact_terms: roulette terms always evaluated.
+        n_probes: Hutchinson probes per sample in training.
+        solver: the root solver (Broyden by default).
+        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
+        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
+        generator: randomness of the default training estimator.
+    """
     nets = [
         lipschitz_net(
             event_shape,

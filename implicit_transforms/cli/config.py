@@ -95,6 +95,9 @@ class TrainConfig:
     dtype: str = _f(
         "float32", "floating-point type of model and data", choices=("float32", "float64")
     )
+    # report
+    figure_grid: int = _f(200, "grid points per axis of the density figure")
+    figure_samples: int = _f(20_000, "model samples drawn for the figure")
 
     def resolved(self) -> TrainConfig:
         """Validate every field and fill the model defaults; raises ``ValueError``."""
@@ -146,7 +149,7 @@ class TrainConfig:
         if self.model not in MODELS:
             raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         for name in ("n_samples", "blocks", "n_probes", "n_exact_terms", "n_terms", "bins",
-                     "steps", "batch_size", "eval_every", "eval_batch_size"):  # fmt: skip
+                     "steps", "batch_size", "eval_every", "eval_batch_size", "figure_grid", "figure_samples"):  # fmt: skip
             positive_int(name)
         if self.max_iter is not None:
             positive_int("max_iter")
@@ -204,6 +207,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "dataset": parser.add_argument_group("data"),
         "model": parser.add_argument_group("model"),
         "steps": parser.add_argument_group("optimisation"),
+        "figure_grid": parser.add_argument_group("report"),
     }
     group: Any = parser
     for f in dataclasses.fields(TrainConfig):
@@ -230,7 +234,7 @@ def _arg_type(name: str) -> Any:
     probe = TrainConfig.__dataclass_fields__[name].default
     if name in ("hidden", "n_samples", "data_seed", "blocks", "max_iter", "n_probes",
                 "n_exact_terms", "n_terms", "bins", "steps", "batch_size", "warmup",
-                "eval_every", "eval_batch_size", "seed"):  # fmt: skip
+                "eval_every", "eval_batch_size", "seed", "figure_grid", "figure_samples"):  # fmt: skip
         return int
     if name in ("coeff", "atol", "rtol") or isinstance(probe, float):
         return float

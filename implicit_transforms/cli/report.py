@@ -43,7 +43,6 @@ def write_report(
     run: RunDir,
     *,
     extra: dict[str, Any] | None = None,
-    figure_samples: int = 20_000,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate the loaded weights on the **test** split and write ``report.json`` and
@@ -60,7 +59,7 @@ def write_report(
     logp = log_prob(flow, test, cfg.eval_batch_size, fwd)
     recon = reconstruction_error(flow, test, cfg.eval_batch_size, SolveLog(), inv)
     gen = torch.Generator(device=session.device).manual_seed(cfg.seed + 1)
-    samples = sample(flow, figure_samples, splits.features, cfg.eval_batch_size, gen, inv)
+    samples = sample(flow, cfg.figure_samples, splits.features, cfg.eval_batch_size, gen, inv)
     report: dict[str, Any] = {
         "dataset": cfg.dataset,
         "model": cfg.model,
@@ -99,6 +98,7 @@ def write_report(
             lambda grid: log_prob(flow, session.to_model(grid), cfg.eval_batch_size).double().cpu(),
             title=f"{cfg.model} ({cfg.blocks} blocks) on {cfg.dataset}: "
             f"test {report['test']['nll_bits']:.3f} bits",
+            grid_size=cfg.figure_grid,
         )
         report["figure"] = str(run.figure)
     except ImportError as err:
