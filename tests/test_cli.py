@@ -455,3 +455,33 @@ def test_python_dash_m_and_help() -> None:
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert res.returncode == 2 and "invalid choice: 'glow'" in res.stderr
+
+
+def test_large_events_are_validated_with_a_high_precision_estimate() -> None:
+    """For D > 64 the exact Jacobian is not built; validation uses a 30-term power series."""
+    from implicit_transforms.cli.models import blocks_of, build_flow
+    from implicit_transforms.logdet import PowerSeriesLogDet
+
+    cfg = TrainConfig(blocks=1, hidden=(8,)).resolved()
+    flow = build_flow(cfg, torch.zeros(70), torch.ones(70))
+    (block,) = blocks_of(flow)
+    block.eval()
+    est = block.estimator(70)
+    assert isinstance(est, PowerSeriesLogDet) and est.n_terms == 30
+    small = next(blocks_of(build_flow(cfg, torch.zeros(2), torch.ones(2))))
+    small.eval()
+    assert type(small.estimator(2)).__name__ == "ExactLogDet"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("model", ["impflow", "resflow"])
+def test_cuda_smoke(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "gpu"
+    code, out, _ = run_cli(
+        ["train", *TINY, "--model", model, "--device", "cuda", "--run-dir", str(run)], capsys
+    )
+    assert code == 0 and "on cuda" in out
+    report = json.loads((run / "report.json").read_text())
+    assert report["device"].startswith("cuda") and math.isfinite(report["test"]["nll_bits"])
+    code, _, _ = run_cli(["sample", str(run), "-n", "20"], capsys)
+    assert code == 0 and np.load(run / "samples.npy").shape == (20, 2)
