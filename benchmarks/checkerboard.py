@@ -85,6 +85,10 @@ def write_table(out: Path) -> None:
     rows = []
     for name in MODELS:
         r = json.loads((out / name / "report.json").read_text())
+        lines = (out / name / "metrics.jsonl").read_text().splitlines()
+        curve = [
+            (v["step"], round(v["val_bits"], 4)) for v in map(json.loads, lines) if "val_bits" in v
+        ]
         rows.append(
             {
                 "model": name,
@@ -100,6 +104,7 @@ def write_table(out: Path) -> None:
                 "reconstruction_error_max": r["reconstruction_error"]["max"],
                 "lipschitz_bound": r["lipschitz_bound"],
                 "figure": str(Path(name) / "figure.png"),
+                "validation_bits_curve": curve,
             }
         )
     (out / "checkerboard.json").write_text(
