@@ -231,14 +231,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _arg_type(name: str) -> Any:
-    probe = TrainConfig.__dataclass_fields__[name].default
-    if name in ("hidden", "n_samples", "data_seed", "blocks", "max_iter", "n_probes",
-                "n_exact_terms", "n_terms", "bins", "steps", "batch_size", "warmup",
-                "eval_every", "eval_batch_size", "seed", "figure_grid", "figure_samples"):  # fmt: skip
-        return int
-    if name in ("coeff", "atol", "rtol") or isinstance(probe, float):
-        return float
-    return str
+    """The element type of a field, read from its annotation (``int | None``, ``tuple[int, ...]``)."""
+    annotation = str(TrainConfig.__dataclass_fields__[name].type)
+    return int if "int" in annotation else float if "float" in annotation else str
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +44,15 @@ class TrainingStopped(RuntimeError):
         super().__init__(message)
         self.step, self.last_good_step = step, last_good_step
 
-    def with_checkpoint(self, path: Path) -> TrainingStopped:
-        """The same error, its message naming the checkpoint that was kept."""
-        return TrainingStopped(
-            f"{self}; the last good checkpoint (step {self.last_good_step}) is kept in {path} "
-            "(try a smaller --lr, --clip-grad or --coeff, then --resume)",
-            self.step,
-            self.last_good_step,
+    @classmethod
+    def at(cls, step: int, reason: str, last_good_step: int, checkpoint: Path) -> TrainingStopped:
+        """The error for a failure at ``step``, its message naming the kept checkpoint."""
+        return cls(
+            f"training stopped at step {step}: {reason}; the last good checkpoint (step "
+            f"{last_good_step}) is kept in {checkpoint} (try a smaller --lr, --clip-grad or "
+            "--coeff, then --resume)",
+            step,
+            last_good_step,
         )
 
 
@@ -129,17 +131,12 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
 
 def validate(session: Session, ema: EMA | None) -> float:
     """Mean validation NLL (nats per sample) with the weights used for model selection."""
-    with ema.applied(session.flow) if ema is not None else _nothing():
+    with ema.applied(session.flow) if ema is not None else nullcontext():
         refine_spectral_norms(session.flow)
         lp = log_prob(
             session.flow, session.to_model(session.splits.validation), session.cfg.eval_batch_size
         )
     return float(-lp.double().mean())
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -149,7 +146,7 @@ def _save(obj: Any, path: Path) -> None:
 
 
 def _weights(session: Session, ema: EMA | None) -> dict[str, Tensor]:
-    with ema.applied(session.flow) if ema is not None else _nothing():
+    with ema.applied(session.flow) if ema is not None else nullcontext():
         return {k: v.detach().clone() for k, v in session.flow.state_dict().items()}
 
 
@@ -235,6 +232,9 @@ def train(
             if isinstance(m, (SpectralLinear, SpectralConv2d)):
                 m.mark_stale()
 
+    def stop(step: int, reason: str) -> TrainingStopped:
+        return TrainingStopped.at(step + 1, reason, state["step"], run.checkpoint)
+
     if resume:
         ckpt = torch.load(run.checkpoint, map_location=session.device, weights_only=False)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -270,31 +270,19 @@ def train(
             except (ConvergenceError, ValueError) as err:
                 # A diverged step shows up here as a solver failure or as NaN/Inf reaching a
                 # block's input check: stop and keep the last good checkpoint either way.
-                raise TrainingStopped(
-                    f"training stopped at step {step + 1}: {_first_line(err)}",
-                    step + 1, state["step"],
-                ) from err  # fmt: skip
+                raise stop(step, _first_line(err)) from err
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise TrainingStopped(
-                    f"training stopped at step {step + 1}: the loss is {loss_value}",
-                    step + 1, state["step"],
-                )  # fmt: skip
+                raise stop(step, f"the loss is {loss_value}")
             opt.zero_grad(set_to_none=True)
             try:
                 loss.backward()
             except (ConvergenceError, ValueError) as err:
-                raise TrainingStopped(
-                    f"training stopped at step {step + 1}, in the backward pass: {_first_line(err)}",
-                    step + 1, state["step"],
-                ) from err  # fmt: skip
+                raise stop(step, f"in the backward pass, {_first_line(err)}") from err
             max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
             grad_norm = float(torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm))
             if not math.isfinite(grad_norm):
-                raise TrainingStopped(
-                    f"training stopped at step {step + 1}: the gradient norm is {grad_norm}",
-                    step + 1, state["step"],
-                )  # fmt: skip
+                raise stop(step, f"the gradient norm is {grad_norm}")
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
@@ -335,8 +323,6 @@ def train(
             if val_bits is not None:
                 info["val_bits"] = f"{val_bits:.3f}"
             bar.update(done, info)
-    except TrainingStopped as err:
-        raise err.with_checkpoint(run.checkpoint) from err.__cause__
     finally:
         metrics.close()
         bar.close()
