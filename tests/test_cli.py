@@ -410,6 +410,8 @@ def test_run_dir_misuse_exit_2(
     assert code == 2 and "has no config.json" in err
     code, _, err = run_cli(["sample", str(trained), "--output", str(tmp_path / "x.txt")], capsys)
     assert code == 2 and "must end in .npy or .csv" in err
+    code, _, err = run_cli(["sample", str(trained), "-n", "0"], capsys)
+    assert code == 2 and "-n/--num-samples must be a positive integer, got 0" in err
 
 
 def test_user_file_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
