@@ -5,6 +5,7 @@ Stable names are re-exported here; submodules hold the rest (``solvers``, ``impl
 """
 
 from implicit_transforms.blocks import (
+    BlockOptions,
     ImplicitBlock,
     InvertibleBlock,
     ResidualBlock,
@@ -16,7 +17,9 @@ from implicit_transforms.blocks import (
 from implicit_transforms.errors import (
     ConvergenceError,
     ConvergenceWarning,
+    HigherOrderGradientError,
     ImplicitTransformsWarning,
+    LipschitzWarning,
 )
 from implicit_transforms.implicit import attach_implicit_grad, solve_implicit
 from implicit_transforms.lipschitz import LipschitzCNN, LipschitzMLP, certify
@@ -24,15 +27,18 @@ from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, SolverRes
 
 __all__ = [
     "Anderson",
+    "BlockOptions",
     "Broyden",
     "ConvergenceError",
     "ConvergenceWarning",
     "FixedPoint",
+    "HigherOrderGradientError",
     "ImplicitBlock",
     "ImplicitTransformsWarning",
     "InvertibleBlock",
     "LipschitzCNN",
     "LipschitzMLP",
+    "LipschitzWarning",
     "ResidualBlock",
     "SolverResult",
     "attach_implicit_grad",

@@ -2,16 +2,27 @@
 
 Everything the library raises on purpose derives from one of the classes here, so callers
 can catch (or, in tests, escalate) exactly what comes from this package.
+
+Host libraries re-raise exceptions in their own way: Pyro's poutine, for instance, rebuilds
+an exception as ``type(err)(message)`` with a single argument and chains the original as its
+``__cause__``. Every exception here can therefore be built from one message and pickled, and
+:attr:`ConvergenceError.result` is found through that chain.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from implicit_transforms.solvers.result import SolverResult
 
-__all__ = ["ConvergenceError", "ConvergenceWarning", "ImplicitTransformsWarning"]
+__all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "HigherOrderGradientError",
+    "ImplicitTransformsWarning",
+    "LipschitzWarning",
+]
 
 
 class ImplicitTransformsWarning(UserWarning):
@@ -22,14 +33,48 @@ class ConvergenceWarning(ImplicitTransformsWarning):
     """A solve did not converge and the caller asked to be warned rather than stopped."""
 
 
+class LipschitzWarning(ImplicitTransformsWarning):
+    """A residual network's certified Lipschitz bound is not below 1: the block may not be
+    invertible (raised when a block goes to evaluation mode)."""
+
+
 class ConvergenceError(RuntimeError):
     """A root-finding solve did not reach its tolerance.
 
+    Args:
+        message: what failed and which knob to turn.
+        result: the failed solve's :class:`~implicit_transforms.solvers.SolverResult`.
+
     Attributes:
         result: the :class:`~implicit_transforms.solvers.SolverResult` of the failed solve
-            (best iterate per sample, residuals, iteration counts, converged mask).
+            (best iterate per sample, residuals, iteration counts, converged mask), or
+            ``None`` when the error was rebuilt from its message alone and no chained
+            ``ConvergenceError`` carries one.
     """
 
-    def __init__(self, message: str, result: SolverResult) -> None:
+    def __init__(self, message: str = "", result: SolverResult | None = None) -> None:
         super().__init__(message)
-        self.result = result
+        self._result = result
+
+    @property
+    def result(self) -> SolverResult | None:
+        """The solve's result; looked up along ``__cause__`` when this copy has none."""
+        if self._result is not None:
+            return self._result
+        cause = self.__cause__ or self.__context__
+        seen: set[int] = {id(self)}
+        while cause is not None and id(cause) not in seen:
+            if isinstance(cause, ConvergenceError) and cause._result is not None:
+                return cause._result
+            seen.add(id(cause))
+            cause = cause.__cause__ or cause.__context__
+        return None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self._result))
+
+
+class HigherOrderGradientError(RuntimeError):
+    """A second derivative (``create_graph=True``) was requested through an operation whose
+    gradient is computed by an implicit or stochastic identity that has no derivative of its
+    own (an implicit-function-theorem solve, a Neumann-series log-det gradient)."""

@@ -7,8 +7,10 @@ of everything ``F`` closes over. With ``g = dL/dz*`` the adjoint ``w`` solves
 ``w^T dF/dz = g``  (a linear system, vector-Jacobian products only),
 
 and the gradients are ``dL/dx = -w^T dF/dx`` and ``dL/dtheta = -w^T dF/dtheta``. The adjoint
-system is solved by a configured solver to a tolerance, so memory does not depend on how
-many iterations either solve took.
+system is solved by a configured solver to a tolerance **relative to the size of the
+incoming gradient** (each sample's system is divided by ``||g||`` before the solve and the
+solution multiplied back), so the accuracy of a gradient does not depend on the loss scale.
+Memory does not depend on how many iterations either solve took.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from implicit_transforms.errors import HigherOrderGradientError
 from implicit_transforms.solvers import Broyden, Solver, SolverResult
 
-__all__ = ["attach_implicit_grad", "solve_implicit"]
+__all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
+
+DEFAULT_ADJOINT = Broyden(max_iter=200)
+"""The adjoint solver used when none is given."""
+
+_NO_SECOND_DERIVATIVE = (
+    "a second derivative (create_graph=True) was requested through an implicit solve; "
+    "implicit-function-theorem gradients are first-order only. Differentiate once, or use "
+    "a block direction without a solve (the explicit forward of a residual block with an "
+    "ExactLogDet or gradient='backprop' estimator)"
+)
 
 
 def attach_implicit_grad(
@@ -29,6 +42,7 @@ def attach_implicit_grad(
     *,
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
+    on_solve: Callable[[SolverResult], None] | None = None,
 ) -> Tensor:
     r"""Return ``root`` with implicit-function-theorem gradients attached.
 
@@ -36,26 +50,36 @@ def attach_implicit_grad(
     single evaluation replaces the incoming gradient ``g`` by the adjoint ``w`` solving
     ``(dF/dz)^T w = g``, written as the root-finding problem
     ``A(w) = w - w^T (I - dF/dz) - g = 0`` (whose fixed-point iteration is the Neumann series,
-    converging at rate ``Lip(g_z)`` for residuals ``z + g_z(z) - y``). Autograd then carries
-    ``w`` through ``-F`` to every tensor and parameter ``residual`` depends on: no network is
-    copied, and parameters are found automatically.
+    converging at rate ``Lip(g_z)`` for residuals ``z + g_z(z) - y``). Each sample's system is
+    scaled by ``1 / ||g||`` (event norm) before the solve, so the adjoint solver's tolerances
+    are relative to the incoming gradient and a loss multiplied by ``1e-4`` gets the same
+    relative accuracy as at scale 1. Autograd then carries ``w`` through ``-F`` to every
+    tensor and parameter ``residual`` depends on: no network is copied, and parameters are
+    found automatically.
 
     Args:
         residual: ``F``, maps ``(*batch, *event)`` to the same shape, ``dF/dz`` close to ``I``.
         root: a root of ``residual``, shape ``(*batch, *event)`` (its graph is ignored).
-        adjoint_solver: solver for the adjoint system (default :class:`Broyden` with the
-            dtype's tolerances: on this linear system it needs far fewer iterations than the
-            Neumann/fixed-point iteration when ``Lip(g_z)`` is close to 1).
+        adjoint_solver: solver for the adjoint system (default :data:`DEFAULT_ADJOINT`,
+            Broyden: on this linear system it needs far fewer iterations than the
+            Neumann/fixed-point iteration when ``Lip(g_z)`` is close to 1). Its
+            ``on_failure`` policy applies in the backward pass.
         event_dims: number of trailing dimensions forming one problem.
+        on_solve: called with the adjoint solve's
+            :class:`~implicit_transforms.solvers.SolverResult` (its ``root`` in the scaled
+            units) in the backward pass.
 
     Returns:
         A tensor equal to ``root`` whose gradients are the implicit ones. Without grad mode,
         or when ``residual`` does not depend on anything requiring grad, ``root`` detached.
+
+    Raises:
+        HigherOrderGradientError: in a backward pass with ``create_graph=True``.
     """
     root = root.detach()
     if not torch.is_grad_enabled():
         return root
-    solver: Solver = Broyden(max_iter=200) if adjoint_solver is None else adjoint_solver
+    solver: Solver = DEFAULT_ADJOINT if adjoint_solver is None else adjoint_solver
     z = root.clone().requires_grad_()
     f = residual(z)
     if not isinstance(f, Tensor) or f.shape != root.shape:
@@ -64,20 +88,31 @@ def attach_implicit_grad(
             f"got {tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}"
         )
     step = z - f  # one fixed-point step: its graph carries -dF/dx and -dF/dtheta
+    if not step.requires_grad:
+        return root
+    dims = tuple(range(root.dim() - event_dims, root.dim()))
 
     def adjoint(grad: Tensor | None) -> Tensor | None:
         if grad is None:  # an undefined gradient stays undefined
             return None
-
-        def vjp(w: Tensor) -> Tensor:
-            (out,) = torch.autograd.grad(step, z, w, retain_graph=True)
-            return out
+        if torch.is_grad_enabled():
+            raise HigherOrderGradientError(_NO_SECOND_DERIVATIVE)
+        grad = grad.detach()
+        scale = torch.linalg.vector_norm(grad, dim=dims, keepdim=True) if dims else grad.abs()
+        finite = torch.isfinite(scale)
+        # Rows with a zero gradient have the zero adjoint (the scaled system is then 0 = 0);
+        # rows with NaN/Inf keep them, as any other backward would.
+        safe_scale = torch.where(finite & (scale > 0), scale, torch.ones_like(scale))
+        target = torch.where(finite, grad / safe_scale, torch.zeros_like(grad))
 
         def adjoint_residual(w: Tensor) -> Tensor:
-            return w - vjp(w) - grad
+            (jtw,) = torch.autograd.grad(step, z, w, retain_graph=True)
+            return w - jtw - target
 
-        result = solver(adjoint_residual, grad.detach(), event_dims=event_dims)
-        return result.root
+        result = solver(adjoint_residual, target, event_dims=event_dims)
+        if on_solve is not None:
+            on_solve(result)
+        return torch.where(finite, result.root * safe_scale, grad)
 
     # The hook sits on a separate view node: the vector-Jacobian products above start from
     # `step` itself and must not trigger it again.
@@ -94,18 +129,22 @@ def solve_implicit(
     solver: Solver,
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
+    on_adjoint_solve: Callable[[SolverResult], None] | None = None,
 ) -> tuple[Tensor, SolverResult]:
     r"""Solve ``residual(z) = 0`` from ``z0`` and attach implicit gradients to the root.
 
     The forward solve runs without autograd (see :func:`attach_implicit_grad` for the
-    backward). Non-convergence follows the solver's ``on_failure`` policy.
+    backward). Non-convergence follows the solver's ``on_failure`` policy in the forward pass
+    and the adjoint solver's in the backward pass.
 
     Args:
         residual: ``F``, maps ``(*batch, *event)`` to the same shape, ``dF/dz`` close to ``I``.
         z0: start point, shape ``(*batch, *event)``.
         solver: forward solver.
-        adjoint_solver: solver for the backward linear system (default Broyden).
+        adjoint_solver: solver for the backward linear system (default
+            :data:`DEFAULT_ADJOINT`).
         event_dims: number of trailing dimensions forming one problem.
+        on_adjoint_solve: receives the adjoint solve's result in the backward pass.
 
     Returns:
         ``(z, result)``: the differentiable root, shape ``(*batch, *event)``, and the forward
@@ -123,6 +162,10 @@ def solve_implicit(
     """
     result = solver(residual, z0.detach(), event_dims=event_dims)
     z = attach_implicit_grad(
-        residual, result.root, adjoint_solver=adjoint_solver, event_dims=event_dims
+        residual,
+        result.root,
+        adjoint_solver=adjoint_solver,
+        event_dims=event_dims,
+        on_solve=on_adjoint_solve,
     )
     return z, result

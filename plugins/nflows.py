@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 try:
@@ -32,15 +31,17 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "implicit_transforms.plugins.nflows needs nflows: pip install 'implicit-transforms[nflows]'"
     ) from err
 
-from implicit_transforms.blocks import InvertibleBlock, impflow_block, iresnet_block, resflow_block
-from implicit_transforms.logdet import LogDetEstimator
-from implicit_transforms.solvers import Solver, SolverResult
+from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.solvers import SolverResult
 
 __all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
 
 
 class BlockTransform(Transform):
     """Wraps any :class:`~implicit_transforms.InvertibleBlock` as an nflows ``Transform``.
+
+    As nflows' own unconditional layers do, a block built without ``context_features``
+    ignores the context an (e.g. conditional) ``Flow`` passes to every layer.
 
     Args:
         block: the block; its forward direction is nflows' ``forward`` (data to noise).
@@ -52,22 +53,30 @@ class BlockTransform(Transform):
             raise TypeError(f"block must be an InvertibleBlock, got {type(block).__name__}")
         self.block = block
 
+    def _context(self, context: Tensor | None) -> Tensor | None:
+        return None if self.block.context_features is None else context
+
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Data to noise: ``(outputs, logabsdet)``, ``logabsdet`` of shape ``[batch]``."""
-        return self.block.forward_and_logdet(inputs, context)
+        return self.block.forward_and_logdet(inputs, self._context(context))
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise to data: ``(outputs, logabsdet)`` of the inverse map."""
-        return self.block.inverse_and_logdet(inputs, context)
+        return self.block.inverse_and_logdet(inputs, self._context(context))
 
     @property
     def last_solve(self) -> SolverResult | None:
         """Statistics of the block's most recent solve."""
         return self.block.last_solve
 
+    @property
+    def last_adjoint_solve(self) -> SolverResult | None:
+        """Statistics of the block's most recent backward (adjoint) solve."""
+        return self.block.last_adjoint_solve
 
-class _FactoryTransform(BlockTransform):
-    _factory: Any = staticmethod(resflow_block)
+
+class _FamilyTransform(BlockTransform):
+    _family: str = "resflow"
 
     def __init__(
         self,
@@ -75,46 +84,48 @@ class _FactoryTransform(BlockTransform):
         hidden_features: int | Sequence[int] = (64, 64),
         *,
         context_features: int | None = None,
-        coeff: float | None = None,
-        solver: Solver | None = None,
-        logdet_eval: LogDetEstimator | None = None,
-        n_probes: int = 1,
-        generator: torch.Generator | None = None,
+        options: BlockOptions | None = None,
+        **changes: Any,
     ) -> None:
-        kwargs = {} if coeff is None else {"coeff": coeff}
-        block = type(self)._factory(
-            features, hidden_features, context_features=context_features, solver=solver,
-            logdet_eval=logdet_eval, n_probes=n_probes, generator=generator, **kwargs,
-        )  # fmt: skip
-        super().__init__(block)
+        super().__init__(
+            build_block(
+                self._family,
+                features,
+                hidden_features,
+                context_features=context_features,
+                options=options,
+                **changes,
+            )
+        )
 
 
-class ResFlowTransform(_FactoryTransform):
-    """Residual Flow block (LipSwish, unbiased roulette log-det, Neumann gradient).
+_ARGS = """
 
     Args:
         features: ``D`` for vectors or ``(C, H, W)`` for images.
         hidden_features: hidden sizes (MLP) or hidden channels (CNN).
         context_features: size of the (embedded) context, if any.
-        coeff: Lipschitz coefficient per layer (default 0.97).
-        solver: inverse solver (default fixed point).
-        logdet_eval: estimator in evaluation mode (default exact for small events).
-        n_probes: Hutchinson probes in training.
-        generator: explicit randomness for the estimator.
+        options: a :class:`~implicit_transforms.blocks.BlockOptions`.
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
+            (``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
+            ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
+            ``generator``): the same settings as the factories and the Pyro helpers.
     """
 
-    _factory: Any = staticmethod(resflow_block)
+
+class ResFlowTransform(_FamilyTransform):
+    __doc__ = (
+        "Residual Flow block (LipSwish, unbiased roulette log-det, Neumann gradient, fixed-point "
+        "inverse)." + _ARGS
+    )
+    _family = "resflow"
 
 
-class IResNetTransform(_FactoryTransform):
-    """i-ResNet block (ELU, truncated power series, fixed-point inverse); see
-    :class:`ResFlowTransform` for the arguments (default ``coeff`` 0.9)."""
-
-    _factory: Any = staticmethod(iresnet_block)
+class IResNetTransform(_FamilyTransform):
+    __doc__ = "i-ResNet block (ELU, truncated power series, fixed-point inverse)." + _ARGS
+    _family = "iresnet"
 
 
-class ImpFlowTransform(_FactoryTransform):
-    """ImpFlow block (two LipSwish nets, Broyden both ways); see :class:`ResFlowTransform`
-    for the arguments (``solver`` defaults to Broyden)."""
-
-    _factory: Any = staticmethod(impflow_block)
+class ImpFlowTransform(_FamilyTransform):
+    __doc__ = "ImpFlow block (two LipSwish networks, Broyden both ways, roulette log-det)." + _ARGS
+    _family = "impflow"

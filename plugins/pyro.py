@@ -34,12 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "implicit_transforms.plugins.pyro needs Pyro: pip install 'implicit-transforms[pyro]'"
     ) from err
 
-from implicit_transforms.blocks import (
-    InvertibleBlock,
-    impflow_block,
-    iresnet_block,
-    resflow_block,
-)
+from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 
 __all__ = [
     "BlockTransformModule",
@@ -178,49 +173,116 @@ def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
     return [max(16, 8 * input_dim)] * 2 if hidden_dims is None else list(hidden_dims)
 
 
-def resflow(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any) -> ResFlow:
-    """Residual Flow transform on ``(*, input_dim)``; ``kwargs`` go to ``resflow_block``."""
-    return ResFlow(resflow_block(input_dim, _hidden(hidden_dims, input_dim), **kwargs))
+def _block(
+    family: str,
+    input_dim: int,
+    hidden_dims: Sequence[int] | None,
+    context_dim: int | None,
+    options: BlockOptions | None,
+    changes: dict[str, Any],
+) -> InvertibleBlock:
+    return build_block(
+        family,
+        input_dim,
+        _hidden(hidden_dims, input_dim),
+        context_features=context_dim,
+        options=options,
+        **changes,
+    )
 
 
-def iresnet(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any) -> IResNet:
-    """i-ResNet transform on ``(*, input_dim)``; ``kwargs`` go to ``iresnet_block``."""
-    return IResNet(iresnet_block(input_dim, _hidden(hidden_dims, input_dim), **kwargs))
+_HELPER_ARGS = """
+
+    Args:
+        input_dim: ``D`` (events ``(*, D)``).
+        hidden_dims: hidden sizes (default two layers of ``max(16, 8 D)``).
+        options: a :class:`~implicit_transforms.blocks.BlockOptions`.
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
+            (``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
+            ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
+            ``generator``): the same settings as the factories and the nflows transforms.
+    """
+_CONDITIONAL_ARGS = _HELPER_ARGS.replace(
+    "        hidden_dims:",
+    "        context_dim: size of the context ``(*, C)``.\n        hidden_dims:",
+)
 
 
-def impflow(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any) -> ImpFlow:
-    """ImpFlow transform on ``(*, input_dim)``; ``kwargs`` go to ``impflow_block``."""
-    return ImpFlow(impflow_block(input_dim, _hidden(hidden_dims, input_dim), **kwargs))
+def resflow(
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> ResFlow:
+    return ResFlow(_block("resflow", input_dim, hidden_dims, None, options, changes))
+
+
+def iresnet(
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> IResNet:
+    return IResNet(_block("iresnet", input_dim, hidden_dims, None, options, changes))
+
+
+def impflow(
+    input_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> ImpFlow:
+    return ImpFlow(_block("impflow", input_dim, hidden_dims, None, options, changes))
 
 
 def conditional_resflow(
-    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
-) -> ConditionalBlockTransformModule:
-    """Conditional Residual Flow transform."""
-    block = resflow_block(
-        input_dim, _hidden(hidden_dims, input_dim), context_features=context_dim, **kwargs
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> ConditionalResFlow:
+    return ConditionalResFlow(
+        _block("resflow", input_dim, hidden_dims, context_dim, options, changes)
     )
-    return ConditionalResFlow(block)
 
 
 def conditional_iresnet(
-    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
-) -> ConditionalBlockTransformModule:
-    """Conditional i-ResNet transform."""
-    block = iresnet_block(
-        input_dim, _hidden(hidden_dims, input_dim), context_features=context_dim, **kwargs
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> ConditionalIResNet:
+    return ConditionalIResNet(
+        _block("iresnet", input_dim, hidden_dims, context_dim, options, changes)
     )
-    return ConditionalIResNet(block)
 
 
 def conditional_impflow(
-    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs: Any
-) -> ConditionalBlockTransformModule:
-    """Conditional ImpFlow transform."""
-    block = impflow_block(
-        input_dim, _hidden(hidden_dims, input_dim), context_features=context_dim, **kwargs
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] | None = None,
+    *,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> ConditionalImpFlow:
+    return ConditionalImpFlow(
+        _block("impflow", input_dim, hidden_dims, context_dim, options, changes)
     )
-    return ConditionalImpFlow(block)
+
+
+resflow.__doc__ = "Residual Flow transform on ``(*, input_dim)``." + _HELPER_ARGS
+iresnet.__doc__ = "i-ResNet transform on ``(*, input_dim)``." + _HELPER_ARGS
+impflow.__doc__ = "ImpFlow transform on ``(*, input_dim)``." + _HELPER_ARGS
+conditional_resflow.__doc__ = "Conditional Residual Flow transform." + _CONDITIONAL_ARGS
+conditional_iresnet.__doc__ = "Conditional i-ResNet transform." + _CONDITIONAL_ARGS
+conditional_impflow.__doc__ = "Conditional ImpFlow transform." + _CONDITIONAL_ARGS
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]

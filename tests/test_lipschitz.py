@@ -49,24 +49,52 @@ def test_linear_normalised_weight_respects_coeff() -> None:
     assert certify(layer).bound == pytest.approx(sigma, rel=1e-12)
 
 
-def test_map_fixed_until_weights_change_then_updates_in_training() -> None:
+def test_map_fixed_between_weight_changes_and_exact_after_any_write() -> None:
     layer = SpectralLinear(5, 5, coeff=0.9)
     x = torch.randn(3, 5)
-    layer.train()
-    u0 = layer.u.clone()
     assert torch.equal(layer(x), layer(x))  # a solve sees one map
-    assert torch.equal(layer.u, u0)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
-    layer(x).pow(2).sum().backward()
-    opt.step()
-    layer(x)
-    assert not torch.equal(layer.u, u0)  # updated automatically after the step
-    layer.eval()
-    u1 = layer.u.clone()
+    for mode in ("train", "eval"):
+        layer.train(mode == "train")
+        # Writes that leave the version counter and the storage pointer alone, or bypass
+        # autograd, must all be seen: p.data, an in-place op under no_grad, a copy_.
+        for write in (
+            lambda w: w.data.mul_(3.0),
+            lambda w: w.detach().add_(0.5),
+            lambda w: w.data.copy_(torch.randn_like(w) * 4),
+        ):
+            with torch.no_grad():
+                write(layer.weight)
+            exact = float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2))
+            assert float(layer.sigma().detach()) == pytest.approx(exact, rel=1e-10)
+            applied = float(torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2))
+            assert applied == pytest.approx(min(exact, 0.9), rel=1e-10)
+
+
+def test_sigma_gradient_is_the_top_singular_pair() -> None:
+    layer = SpectralLinear(4, 6)
+    (grad,) = torch.autograd.grad(layer.sigma(), layer.weight)
+    u, _, vh = torch.linalg.svd(layer.weight.detach())
+    assert torch.allclose(grad, torch.outer(u[:, 0], vh[0]), atol=1e-8) or torch.allclose(
+        grad, torch.outer(-u[:, 0], -vh[0]), atol=1e-8
+    )
+
+
+def test_large_dense_layers_use_power_iteration_with_margin() -> None:
+    layer = SpectralLinear(300, 300, coeff=0.9)
+    assert not layer.exact and SpectralLinear(300, 3).exact
+    layer.eval()  # refines to tolerance
+    exact = float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2))
+    assert float(layer.sigma()) == pytest.approx(exact, rel=1e-4)
+    with pytest.raises(ValueError, match="margin"):
+        SpectralLinear(3, 3, margin=1.5)
+
+
+def test_nonfinite_weight_is_reported() -> None:
+    layer = SpectralLinear(3, 3)
     with torch.no_grad():
-        layer.weight.add_(1.0)
-    layer(x)
-    assert torch.equal(layer.u, u1)  # evaluation never updates
+        layer.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer(torch.randn(2, 3))
 
 
 def test_state_dict_round_trip_and_buffers() -> None:
@@ -87,14 +115,16 @@ def test_conv_norm_is_operator_norm_on_actual_size_and_recomputed() -> None:
     conv(torch.randn(1, 2, 5, 5))
     assert conv.spatial_size == (5, 5)
     conv.refine(tol=1e-12)
+    # The power-iteration estimate carries a safety margin: ||conv|| = c / (1 + margin).
+    target = 0.8 / (1 + conv.margin)
     assert _dense_conv_norm(conv.normalized_weight().detach(), (5, 5)) == pytest.approx(
-        0.8, rel=1e-6
+        target, rel=1e-6
     )
     conv(torch.randn(1, 2, 3, 4))
     assert conv.spatial_size == (3, 4)
     conv.refine(tol=1e-12)
     assert _dense_conv_norm(conv.normalized_weight().detach(), (3, 4)) == pytest.approx(
-        0.8, rel=1e-6
+        target, rel=1e-6
     )
 
 
@@ -200,3 +230,64 @@ def test_cnn_shapes_context_and_certificate() -> None:
 def test_certify_rejects_unknown_layers() -> None:
     with pytest.raises(TypeError, match="no Lipschitz bound known"):
         certify(torch.nn.Softplus(beta=3))
+
+
+def test_certify_any_model_reports_every_network() -> None:
+    pytest.importorskip("nflows")
+    pyro = pytest.importorskip("pyro")
+    import pyro.distributions as dist
+    from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
+    from implicit_transforms.plugins.pyro import impflow, resflow
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform, ReversePermutation
+    from pyro.distributions.transforms import ComposeTransformModule
+    from pyro.infer.autoguide import AutoNormalizingFlow
+
+    from implicit_transforms.blocks import impflow_block, resflow_block
+
+    block = impflow_block(2, [8])
+    cert = certify(block)
+    assert set(cert.networks) == {"net_x", "net_z"} and cert.contractive
+    assert cert.bound == max(c.bound for c in cert.networks.values())
+    assert cert.networks["net_x"].bound == certify(block.net_x).bound
+    flow = Flow(
+        CompositeTransform(
+            [ImpFlowTransform(2, [8]), ReversePermutation(2), ResFlowTransform(2, [8])]
+        ),
+        StandardNormal([2]),
+    )
+    assert len(certify(flow).networks) == 3
+    assert "impflow" not in str(certify(flow)) and "3 networks" in str(certify(flow))
+    t = ComposeTransformModule([resflow(2, [8]), impflow(2, [8])])
+    assert len(certify(t).networks) == 3
+    q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), list(t))
+    assert len(certify(q).networks) == 3
+
+    def model() -> None:
+        pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+
+    guide = AutoNormalizingFlow(model, lambda d: ComposeTransformModule([resflow(d, [8])]))
+    guide()
+    assert len(certify(guide).networks) == 1
+    conv_block = resflow_block((2, 4, 4), 4)
+    with pytest.raises(ValueError, match="run one forward pass"):
+        certify(conv_block)  # a convolution's norm depends on the input size it sees
+    conv_block(torch.randn(1, 2, 4, 4))
+    assert certify(conv_block).contractive
+    with pytest.raises(ValueError, match="no Lipschitz network"):
+        certify(torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)}))
+    with pytest.raises(TypeError, match=r"expected an nn\.Module"):
+        certify(3.0)
+
+
+def test_eval_refines_and_warns_when_a_network_is_not_contractive() -> None:
+    from implicit_transforms import LipschitzWarning
+    from implicit_transforms.blocks import resflow_block
+
+    block = resflow_block(2, [8], activation="elu")
+    block.eval()  # fine: no warning (warnings are errors in the tests)
+    block.train()
+    block.net.activations[0].alpha = 3.0  # an ELU with alpha 3 is 3-Lipschitz
+    with pytest.warns(LipschitzWarning, match="not be invertible"):
+        block.eval()

@@ -228,11 +228,9 @@ def test_broyden_jacobian_sign_matters() -> None:
     paper_form = lambda z: -fn(z)  # noqa: E731
     ok = broyden(paper_form, y, jacobian_guess=-1.0)
     assert torch.allclose(ok.root, root, atol=1e-8)
-    wrong = broyden(paper_form, y, jacobian_guess=1.0, line_search="none", on_failure="ignore")
-    assert float(wrong.iterations.double().mean()) > float(ok.iterations.double().mean())
-    # With the wrong sign every quasi-Newton step is uphill: the line search rejects them all.
-    stuck = broyden(paper_form, y, jacobian_guess=1.0, on_failure="ignore")
-    assert not bool(stuck.converged.any())
+    # With the wrong sign the first steps go uphill until the secant updates flip H: more work.
+    wrong = broyden(paper_form, y, jacobian_guess=1.0, on_failure="ignore")
+    assert wrong.sample_evals > ok.sample_evals
 
 
 def test_broyden_line_search_globalises() -> None:
@@ -282,3 +280,171 @@ def test_cuda_smoke(solver: str) -> None:
     yc = y.cuda()
     res = SOLVERS[solver](lambda z: z + z @ a.T - yc, yc)
     assert res.root.is_cuda and bool(res.converged.all())
+
+
+# -- dtype-aware defaults and failures only through the policy ---------------------------
+
+
+def _stressed_impflow_residual(dtype: torch.dtype, d: int = 16, batch: int = 64):
+    """The forward residual of an ImpFlow block whose layers sit at coeff 0.99, in ``dtype``."""
+    from implicit_transforms.blocks import impflow_block
+
+    block = impflow_block(d, [64, 64], coeff=0.99, activation="sin")
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_(10.0)
+    block = block.to(dtype).eval()
+    x = 4 * torch.randn(batch, d, dtype=dtype)
+    with torch.no_grad():
+        target = x + block.net_x(x)
+    return (lambda z: z + block.net_z(z) - target), target
+
+
+@pytest.mark.parametrize("solver", SOLVERS, ids=str)
+def test_float32_defaults_are_reachable_on_a_stressed_block(solver: str) -> None:
+    fn, z0 = _stressed_impflow_residual(torch.float32)
+    with torch.no_grad():
+        res = SOLVERS[solver](fn, z0, max_iter=5000)  # raises unless every sample converged
+    assert res.status is SolverStatus.SUCCESS
+
+
+@pytest.mark.parametrize("policy", ["raise", "warn", "ignore"])
+@pytest.mark.parametrize("solver", SOLVERS, ids=str)
+def test_float32_failures_go_through_the_policy_only(solver: str, policy: str) -> None:
+    fn, z0 = _stressed_impflow_residual(torch.float32)
+    with torch.no_grad():
+        if policy == "raise":
+            with pytest.raises(ConvergenceError):
+                SOLVERS[solver](fn, z0, max_iter=2, atol=0.0, rtol=1e-9)
+            return
+        if policy == "warn":
+            with pytest.warns(ConvergenceWarning):
+                res = SOLVERS[solver](fn, z0, max_iter=2, rtol=1e-9, on_failure="warn")
+        else:
+            res = SOLVERS[solver](fn, z0, max_iter=2, rtol=1e-9, on_failure="ignore")
+    assert res.status is SolverStatus.MAX_ITER
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("regularization", [None, 0.0])
+def test_anderson_never_raises_a_linear_algebra_error(
+    dtype: torch.dtype, regularization: float | None
+) -> None:
+    # 1-D events: every residual history is collinear, so the unregularised Gram matrix is
+    # exactly singular from the second iteration on; float32 makes 1e-8 vanish as well.
+    y = torch.randn(32, 1, dtype=dtype)
+    fn = lambda z: z + 0.9 * torch.sin(z) - y  # noqa: E731
+    fn2, z0 = _stressed_impflow_residual(dtype, d=4, batch=16)
+    for f, start in ((fn, y), (fn2, z0)):
+        with torch.no_grad():
+            res = anderson(f, start, regularization=regularization, on_failure="ignore")
+        if regularization is None:  # the dtype's default keeps the least squares solvable
+            assert res.status is SolverStatus.SUCCESS, res.message
+        else:  # singular systems fall back to plain steps: slower, never an exception
+            assert res.status in (SolverStatus.SUCCESS, SolverStatus.MAX_ITER)
+            assert float(res.residual.max()) < float(
+                torch.linalg.vector_norm(f(start), dim=-1).max()
+            )
+
+
+def test_default_tolerances_follow_the_dtype() -> None:
+    from implicit_transforms.solvers import default_regularization, default_tolerance
+
+    assert default_tolerance(torch.float64) == pytest.approx(torch.finfo(torch.float64).eps ** 0.75)
+    assert 1e-12 < default_tolerance(torch.float64) < 1e-11
+    assert 5e-6 < default_tolerance(torch.float32) < 1e-5
+    assert default_regularization(torch.float32) > torch.finfo(torch.float32).eps * 100
+    assert default_regularization(torch.float64) < 1e-7
+
+
+# -- work is counted in evaluations ------------------------------------------------------
+
+
+def test_result_counts_sample_evaluations() -> None:
+    fn, y, _ = linear_problem(batch=7)
+    for name, solve in SOLVERS.items():
+        res = solve(fn, y)
+        assert res.sample_evals == 7 * res.num_evals, name
+        assert "sample evaluations" in res.message
+
+
+def _hard_residual(d: int = 64, batch: int = 64):
+    """``z + sin(A z) = y`` with every eigenvalue of ``A`` in [-0.99, -0.79]: the iteration
+    ``z <- y - sin(A z)`` oscillates, the hardest case for quasi-Newton steps. Seeded."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen))
+    a = q @ torch.diag(-0.99 + 0.2 * torch.rand(d, generator=gen)) @ q.T
+    y = 3 * torch.randn(batch, d, generator=gen)
+    return (lambda z: z + torch.sin(z @ a.T) - y), y
+
+
+def test_broyden_default_needs_far_fewer_evaluations_than_a_monotone_line_search() -> None:
+    fn, y = _hard_residual()
+    default = broyden(fn, y, atol=1e-10, rtol=1e-10, max_iter=300)
+    armijo = broyden(fn, y, atol=1e-10, rtol=1e-10, max_iter=300, line_search="armijo")
+    assert default.status is SolverStatus.SUCCESS and armijo.status is SolverStatus.SUCCESS
+    # Measured 48 vs 153 batched evaluations on this problem.
+    assert 2.5 * default.sample_evals < armijo.sample_evals
+    assert default.num_evals == int(default.iterations.max()) + 1  # one evaluation per step
+
+
+def test_broyden_rejects_a_nonfinite_trial_point_and_recovers() -> None:
+    fn, y, root = tanh_residual_problem(batch=3)
+    calls = {"n": 0}
+
+    def flaky(z: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = fn(z)
+        if calls["n"] == 4:  # one quasi-Newton trial point of sample 0 lands on NaN
+            out = out.clone()
+            out[0] = float("nan")
+        return out
+
+    res = broyden(flaky, y, atol=1e-11, rtol=0.0)
+    assert res.status is SolverStatus.SUCCESS and not bool(res.nonfinite.any())
+    assert torch.allclose(res.root, root, atol=1e-9)
+    assert res.num_evals == int(res.iterations.max()) + 1  # the rescue cost no evaluation
+    # A sample whose plain H_0 step already lands on NaN has nothing to fall back on: it is
+    # reported as non-finite at once, not retried.
+    target = torch.tensor([[2.0]])
+    domain = lambda z: torch.where(z.abs() < 3, z - target, float("nan"))  # noqa: E731
+    lost = broyden(domain, torch.zeros(1, 1), jacobian_guess=0.25, on_failure="ignore")
+    assert lost.status is SolverStatus.NONFINITE and lost.num_evals == 2
+
+
+def test_broyden_needs_fewer_evaluations_than_fixed_point_near_lip_one() -> None:
+    fn, y = _hard_residual(d=16)
+    fp = fixed_point(fn, y, atol=1e-5, rtol=1e-5, max_iter=10000)
+    br = broyden(fn, y, atol=1e-5, rtol=1e-5, max_iter=300)
+    assert 3 * br.sample_evals <= fp.sample_evals
+
+
+# -- configurations ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (lambda: Anderson(regularization=-1.0), "regularization"),
+        (lambda: Anderson(history=0), "history"),
+        (lambda: Broyden(max_backtracks=-1), "max_backtracks"),
+        (lambda: Broyden(max_growth=0.5), "max_growth"),
+        (lambda: Broyden(line_search="wolfe"), "line_search"),  # type: ignore[arg-type]
+        (lambda: FixedPoint(max_iter=0), "max_iter"),
+        (lambda: FixedPoint(on_failure="explode"), "on_failure"),  # type: ignore[arg-type]
+        (lambda: FixedPoint(atol=0.0, rtol=0.0), "could never stop"),
+    ],
+)
+def test_configs_validate_when_built(config, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=match):
+        config()
+
+
+def test_every_solver_argument_is_a_config_field() -> None:
+    import inspect
+
+    for cfg in (FixedPoint(), Anderson(), Broyden()):
+        params = set(inspect.signature(type(cfg)._function).parameters) - {"fn", "z0", "event_dims"}
+        assert params == set(cfg.options()), type(cfg).__name__
+    assert Anderson(regularization=1e-3).regularization == 1e-3
+    assert Broyden(max_backtracks=3).replace(on_failure="warn").on_failure == "warn"

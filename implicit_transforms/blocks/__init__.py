@@ -2,21 +2,28 @@
 
 from implicit_transforms.blocks.base import EXACT_LOGDET_MAX_DIM, InvertibleBlock
 from implicit_transforms.blocks.factories import (
+    build_block,
     impflow_block,
     iresnet_block,
     lipschitz_net,
     resflow_block,
 )
 from implicit_transforms.blocks.implicit import ImplicitBlock
+from implicit_transforms.blocks.options import FAMILIES, BlockOptions, Family, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 
 __all__ = [
     "EXACT_LOGDET_MAX_DIM",
+    "FAMILIES",
+    "BlockOptions",
+    "Family",
     "ImplicitBlock",
     "InvertibleBlock",
     "ResidualBlock",
+    "build_block",
     "impflow_block",
     "iresnet_block",
     "lipschitz_net",
+    "make_options",
     "resflow_block",
 ]

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
 
+from implicit_transforms.errors import LipschitzWarning
+from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
 from implicit_transforms.solvers import SolverResult
@@ -30,7 +33,13 @@ class InvertibleBlock(nn.Module):
     * ``logdet_pair(x, y, context=None)``: the same when ``y`` is known, without any solve;
     * ``context``: ``(*, C)`` or any shape broadcastable to it, or ``None``;
     * ``last_solve``: the :class:`~implicit_transforms.solvers.SolverResult` of the most
-      recent solve (``None`` before any).
+      recent solve (``None`` before any); ``last_adjoint_solve``: the same for the most recent
+      backward (adjoint) solve, in units scaled by the incoming gradient's norm.
+
+    Inputs must be float32 or float64 (any other dtype raises a ``TypeError`` naming it) and
+    may have an empty batch (the outputs are then empty too). Switching a block to evaluation
+    mode refines the spectral norms of its networks and certifies them: a network whose
+    certified bound is not below 1 emits a :class:`~implicit_transforms.LipschitzWarning`.
 
     Which log-det estimator runs is an explicit setting, never a silent switch: ``logdet_train``
     in training mode and ``logdet_eval`` in evaluation mode. ``logdet_eval=None`` means the
@@ -43,6 +52,7 @@ class InvertibleBlock(nn.Module):
     logdet_train: LogDetEstimator
     logdet_eval: LogDetEstimator | None
     last_solve: SolverResult | None
+    last_adjoint_solve: SolverResult | None
 
     def _init_block(
         self,
@@ -77,6 +87,39 @@ class InvertibleBlock(nn.Module):
         self.logdet_train = logdet_train
         self.logdet_eval = logdet_eval
         self.last_solve = None
+        self.last_adjoint_solve = None
+
+    def _record_adjoint(self, result: SolverResult) -> None:
+        self.last_adjoint_solve = result
+
+    def networks(self) -> list[LipschitzNet]:
+        """The residual networks of this block."""
+        return [m for m in self.children() if isinstance(m, LipschitzNet)]
+
+    def train(self, mode: bool = True) -> InvertibleBlock:
+        """Switch mode; going to evaluation refines and certifies every network (a bound not
+        below 1 warns with :class:`~implicit_transforms.LipschitzWarning`)."""
+        super().train(mode)
+        if not mode:
+            for net in self.networks():
+                try:
+                    cert = certify(net)
+                except ValueError:  # a convolution that has not seen an input yet
+                    continue
+                if not cert.contractive:
+                    warnings.warn(
+                        f"{type(self).__name__}: a residual network has certified Lipschitz "
+                        f"bound {cert.bound:.4f} >= 1, so the block may not be invertible "
+                        f"(per-layer bounds {cert.layers}); lower coeff or check that the "
+                        "weights are finite",
+                        LipschitzWarning,
+                        stacklevel=2,
+                    )
+        return self
+
+    @staticmethod
+    def _event_numel(flat: Tensor) -> int:
+        return math.prod(flat.shape[1:])
 
     def estimator(self, event_numel: int) -> LogDetEstimator:
         """The estimator used now (depends on training mode and the event size)."""
@@ -94,8 +137,18 @@ class InvertibleBlock(nn.Module):
         kind = type(self).__name__
         if not isinstance(x, Tensor):
             raise TypeError(f"{kind}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{kind}: {name} must be a floating-point tensor, got {x.dtype}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"{kind}: {name} must be float32 or float64, got {x.dtype} (the solvers, "
+                "log-determinants and spectral norms need single or double precision); cast "
+                "with .float()"
+            )
+        param = next(self.parameters(), None)
+        if param is not None and param.dtype != x.dtype:
+            raise TypeError(
+                f"{kind}: {name} has dtype {x.dtype} but the block's parameters are "
+                f"{param.dtype}; move the block with .to({x.dtype})"
+            )
         template = self._event_template
         event = tuple(x.shape[x.dim() - len(template) :]) if x.dim() >= len(template) else None
         if event is None or any(

@@ -1,18 +1,18 @@
-"""Ready configurations named after their papers, built from an event shape."""
+"""Ready configurations named after their papers, built from an event shape and
+:class:`~implicit_transforms.blocks.BlockOptions`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
-import torch
-
+from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.implicit import ImplicitBlock
+from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
-from implicit_transforms.logdet import Geometric, LogDetEstimator, PowerSeriesLogDet, RouletteLogDet
-from implicit_transforms.solvers import Broyden, FixedPoint, Solver
 
-__all__ = ["impflow_block", "iresnet_block", "lipschitz_net", "resflow_block"]
+__all__ = ["build_block", "impflow_block", "iresnet_block", "lipschitz_net", "resflow_block"]
 
 
 def lipschitz_net(
@@ -46,134 +46,130 @@ def lipschitz_net(
     raise ValueError(f"event_shape must be (D,) or (C, H, W), got {shape}")
 
 
+def build_block(
+    family: str,
+    event_shape: int | Sequence[int],
+    hidden: int | Sequence[int] = (64, 64),
+    *,
+    context_features: int | None = None,
+    options: BlockOptions | None = None,
+    **changes: Any,
+) -> InvertibleBlock:
+    """A block of ``family`` (``"iresnet"``, ``"resflow"`` or ``"impflow"``).
+
+    Args:
+        family: which paper configuration fills the unset options.
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        context_features: size of a context that enters as an additive bias, if any.
+        options: a :class:`BlockOptions` (default: all family defaults).
+        **changes: fields of :class:`BlockOptions` to change (``coeff=0.9``,
+            ``solver=Broyden(...)``, ``on_failure="warn"``, ...); unknown names raise.
+
+    Returns:
+        A :class:`ResidualBlock` (iresnet, resflow) or an :class:`ImplicitBlock` (impflow).
+    """
+    opts = make_options(options, changes).resolve(family)
+    nets = [
+        lipschitz_net(
+            event_shape,
+            hidden,
+            coeff=opts.coeff,
+            activation=opts.activation,
+            context_features=context_features,
+        )
+        for _ in range(2 if family == "impflow" else 1)
+    ]
+    common: dict[str, Any] = {
+        "solver": opts.solver,
+        "adjoint_solver": opts.adjoint_solver,
+        "logdet_train": opts.logdet_train,
+        "logdet_eval": opts.logdet_eval,
+    }
+    if family == "impflow":
+        return ImplicitBlock(*nets, **common)
+    return ResidualBlock(nets[0], **common)
+
+
+_SIGNATURE_DOC = """
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        context_features: size of a context that enters as an additive bias, if any.
+        options: a :class:`~implicit_transforms.blocks.BlockOptions`.
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change:
+            ``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
+            ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
+            ``generator``. Unknown names raise ``TypeError``.
+"""
+
+
 def iresnet_block(
     event_shape: int | Sequence[int],
     hidden: int | Sequence[int] = (64, 64),
     *,
-    coeff: float = 0.9,
-    activation: str = "elu",
     context_features: int | None = None,
-    n_terms: int = 5,
-    n_probes: int = 1,
-    solver: Solver | None = None,
-    logdet_train: LogDetEstimator | None = None,
-    logdet_eval: LogDetEstimator | None = None,
-    generator: torch.Generator | None = None,
+    options: BlockOptions | None = None,
+    **changes: Any,
 ) -> ResidualBlock:
-    """i-ResNet block: ELU network, truncated power series (Hutchinson), fixed-point inverse.
-
-    Args:
-        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP) or hidden channels (CNN).
-        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
-        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
-        context_features: size of a context that enters as an additive bias, if any.
-        n_terms: terms of the truncated power series.
-        n_probes: Hutchinson probes per sample in training.
-        solver: the root solver (fixed point by default).
-        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
-        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
-        generator: randomness of the default training estimator.
-    """
-    net = lipschitz_net(
-        event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
+    block = build_block(
+        "iresnet",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
     )
-    return ResidualBlock(
-        net,
-        solver=solver or FixedPoint(),
-        logdet_train=logdet_train or PowerSeriesLogDet(n_terms, n_probes, generator=generator),
-        logdet_eval=logdet_eval,
-    )
+    return cast(ResidualBlock, block)
 
 
 def resflow_block(
     event_shape: int | Sequence[int],
     hidden: int | Sequence[int] = (64, 64),
     *,
-    coeff: float = 0.97,
-    activation: str = "lipswish",
     context_features: int | None = None,
-    n_exact_terms: int = 2,
-    n_probes: int = 1,
-    solver: Solver | None = None,
-    logdet_train: LogDetEstimator | None = None,
-    logdet_eval: LogDetEstimator | None = None,
-    generator: torch.Generator | None = None,
+    options: BlockOptions | None = None,
+    **changes: Any,
 ) -> ResidualBlock:
-    """Residual Flow block: LipSwish network, unbiased roulette log-det with Neumann gradient.
-
-    Args:
-        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP) or hidden channels (CNN).
-        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
-        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
-        context_features: size of a context that enters as an additive bias, if any.
-        n_exact_terms: roulette terms always evaluated.
-        n_probes: Hutchinson probes per sample in training.
-        solver: the root solver (fixed point by default).
-        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
-        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
-        generator: randomness of the default training estimator.
-    """
-    net = lipschitz_net(
-        event_shape, hidden, coeff=coeff, activation=activation, context_features=context_features
+    block = build_block(
+        "resflow",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
     )
-    return ResidualBlock(
-        net,
-        solver=solver or FixedPoint(),
-        logdet_train=logdet_train
-        or RouletteLogDet(
-            Geometric(0.5, n_exact_terms), n_probes, gradient="neumann", generator=generator
-        ),
-        logdet_eval=logdet_eval,
-    )
+    return cast(ResidualBlock, block)
 
 
 def impflow_block(
     event_shape: int | Sequence[int],
     hidden: int | Sequence[int] = (64, 64),
     *,
-    coeff: float = 0.97,
-    activation: str = "lipswish",
     context_features: int | None = None,
-    n_exact_terms: int = 2,
-    n_probes: int = 1,
-    solver: Solver | None = None,
-    logdet_train: LogDetEstimator | None = None,
-    logdet_eval: LogDetEstimator | None = None,
-    generator: torch.Generator | None = None,
+    options: BlockOptions | None = None,
+    **changes: Any,
 ) -> ImplicitBlock:
-    """ImpFlow block: two LipSwish networks, Broyden in both directions, roulette log-det.
-
-    Args:
-        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP) or hidden channels (CNN).
-        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer.
-        activation: ``"lipswish"``, ``"sin"`` or ``"elu"``.
-        context_features: size of a context that enters as an additive bias, if any.
-        n_exact_terms: roulette terms always evaluated.
-        n_probes: Hutchinson probes per sample in training.
-        solver: the root solver (Broyden by default).
-        logdet_train: replaces the paper's training estimator (e.g. ``ExactLogDet()``).
-        logdet_eval: evaluation estimator (default: exact for at most 64 elements).
-        generator: randomness of the default training estimator.
-    """
-    nets = [
-        lipschitz_net(
-            event_shape,
-            hidden,
-            coeff=coeff,
-            activation=activation,
-            context_features=context_features,
-        )
-        for _ in range(2)
-    ]
-    return ImplicitBlock(
-        *nets,
-        solver=solver or Broyden(),
-        logdet_train=logdet_train
-        or RouletteLogDet(
-            Geometric(0.5, n_exact_terms), n_probes, gradient="neumann", generator=generator
-        ),
-        logdet_eval=logdet_eval,
+    block = build_block(
+        "impflow",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
     )
+    return cast(ImplicitBlock, block)
+
+
+iresnet_block.__doc__ = (
+    "i-ResNet block: ELU network (c = 0.9), truncated power series (5 terms, Hutchinson),\n"
+    "    fixed-point inverse.\n" + _SIGNATURE_DOC
+)
+resflow_block.__doc__ = (
+    "Residual Flow block: LipSwish network (c = 0.97), unbiased roulette log-det with\n"
+    "    Neumann gradient, fixed-point inverse.\n" + _SIGNATURE_DOC
+)
+impflow_block.__doc__ = (
+    "ImpFlow block: two LipSwish networks (c = 0.97), Broyden in both directions, roulette\n"
+    "    log-det.\n" + _SIGNATURE_DOC
+)

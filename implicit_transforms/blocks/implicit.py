@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from implicit_transforms.blocks.base import InvertibleBlock
+from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
@@ -35,7 +36,8 @@ class ImplicitBlock(InvertibleBlock):
         solver: solver for both directions (default :class:`~implicit_transforms.solvers.Broyden`).
         logdet_train: estimator in training mode (default Russian roulette, Neumann gradient).
         logdet_eval: estimator in evaluation mode (default: exact for small events).
-        adjoint_solver: solver of the backward linear systems.
+        adjoint_solver: solver of the backward linear systems (default: Broyden with
+            ``solver``'s failure policy).
 
     References:
         Lu, Chen, Chen, Zhu, Zhang, "Implicit Normalizing Flows", ICLR 2021, Definition 1.
@@ -56,7 +58,7 @@ class ImplicitBlock(InvertibleBlock):
         self.net_x = net_x
         self.net_z = net_z
         self.solver: Solver = solver or Broyden()
-        self.adjoint_solver = adjoint_solver
+        self.adjoint_solver: Solver = adjoint_solver or adjoint_for(self.solver)
 
     def _map(
         self,
@@ -66,7 +68,7 @@ class ImplicitBlock(InvertibleBlock):
         g_dst: Callable[[Tensor], Tensor],
     ) -> tuple[Tensor, Tensor, SolverResult]:
         """Solve ``dst + g_dst(dst) = src + g_src(src)``; return ``(dst, logdet, result)``."""
-        est = self.estimator(src[0].numel())
+        est = self.estimator(self._event_numel(src))
         g_src_val, ld_src = est(g_src, src, event_dims=self.event_dims)
         target = src + g_src_val
         dst, result = solve_implicit(
@@ -75,6 +77,7 @@ class ImplicitBlock(InvertibleBlock):
             solver=self.solver,
             adjoint_solver=self.adjoint_solver,
             event_dims=self.event_dims,
+            on_adjoint_solve=self._record_adjoint,
         )
         self.last_solve = result
         _, ld_dst = est(g_dst, dst, event_dims=self.event_dims)
@@ -96,7 +99,7 @@ class ImplicitBlock(InvertibleBlock):
         """``log det(I + J_gx(x)) - log det(I + J_gz(y))`` for a known pair ``y = f(x)``: no solve."""
         flat_x, ctx, batch = self._flatten(x, context, "x")
         flat_y, _, _ = self._flatten(y, context, "y")
-        est = self.estimator(flat_x[0].numel())
+        est = self.estimator(self._event_numel(flat_x))
         _, ld_x = est(lambda t: self.net_x(t, ctx), flat_x, event_dims=self.event_dims)
         _, ld_y = est(lambda t: self.net_z(t, ctx), flat_y, event_dims=self.event_dims)
         return (ld_x - ld_y).reshape(batch)

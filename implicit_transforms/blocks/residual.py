@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from implicit_transforms.blocks.base import InvertibleBlock
+from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
@@ -31,7 +32,8 @@ class ResidualBlock(InvertibleBlock):
         logdet_train: estimator in training mode (default unbiased Russian roulette with
             Neumann gradient).
         logdet_eval: estimator in evaluation mode (default: exact for small events).
-        adjoint_solver: solver of the backward linear system of the inverse.
+        adjoint_solver: solver of the backward linear system of the inverse (default:
+            Broyden with ``solver``'s failure policy).
 
     References:
         Behrmann et al., "Invertible Residual Networks", 2019; Chen et al., "Residual Flows
@@ -51,7 +53,7 @@ class ResidualBlock(InvertibleBlock):
         self._init_block([net], logdet_train or RouletteLogDet(), logdet_eval)
         self.net = net
         self.solver: Solver = solver or FixedPoint()
-        self.adjoint_solver = adjoint_solver
+        self.adjoint_solver: Solver = adjoint_solver or adjoint_for(self.solver)
 
     def _g(self, context: Tensor | None) -> Callable[[Tensor], Tensor]:
         return lambda t: self.net(t, context)
@@ -59,7 +61,7 @@ class ResidualBlock(InvertibleBlock):
     def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``y = x + g(x)`` and ``log det(I + J_g(x))``; no solver involved."""
         flat, ctx, batch = self._flatten(x, context, "x")
-        est = self.estimator(flat[0].numel())
+        est = self.estimator(self._event_numel(flat))
         gx, ld = est(self._g(ctx), flat, event_dims=self.event_dims)
         y = flat + gx
         return y.reshape(x.shape), ld.reshape(batch)
@@ -78,7 +80,8 @@ class ResidualBlock(InvertibleBlock):
             solver=self.solver,
             adjoint_solver=self.adjoint_solver,
             event_dims=self.event_dims,
+            on_adjoint_solve=self._record_adjoint,
         )
         self.last_solve = result
-        _, ld = self.estimator(flat[0].numel())(g, x, event_dims=self.event_dims)
+        _, ld = self.estimator(self._event_numel(flat))(g, x, event_dims=self.event_dims)
         return x.reshape(y.shape), -ld.reshape(batch)

@@ -7,7 +7,7 @@ density in the units of the data.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 from nflows.distributions import StandardNormal
@@ -22,13 +22,7 @@ from nflows.transforms import (
 from nflows.utils import create_alternating_binary_mask
 from torch import Tensor
 
-from implicit_transforms.blocks import (
-    EXACT_LOGDET_MAX_DIM,
-    InvertibleBlock,
-    impflow_block,
-    iresnet_block,
-    resflow_block,
-)
+from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock, build_block
 from implicit_transforms.cli.config import TrainConfig
 from implicit_transforms.logdet import (
     ExactLogDet,
@@ -99,13 +93,6 @@ def make_logdet(cfg: TrainConfig, generator: torch.Generator) -> LogDetEstimator
     )
 
 
-_FACTORIES: dict[str, Callable[..., InvertibleBlock]] = {
-    "impflow": impflow_block,
-    "resflow": resflow_block,
-    "iresnet": iresnet_block,
-}
-
-
 def build_flow(
     cfg: TrainConfig, mean: Tensor, std: Tensor, generator: torch.Generator | None = None
 ) -> Flow:
@@ -131,7 +118,8 @@ def build_flow(
             logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
         if cfg.coeff is None or cfg.activation is None or cfg.solver is None or cfg.logdet is None:
             raise ValueError("build_flow needs a resolved config: pass cfg.resolved()")
-        block = _FACTORIES[cfg.model](
+        block = build_block(
+            cfg.model,
             features,
             list(cfg.hidden),
             coeff=cfg.coeff,

@@ -25,7 +25,6 @@ from implicit_transforms.cli.evaluation import SolveLog, log_prob, refine_spectr
 from implicit_transforms.cli.rundir import RunDir
 from implicit_transforms.cli.session import Session
 from implicit_transforms.errors import ConvergenceError
-from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear
 
 __all__ = ["EMA", "TrainingStopped", "batch_indices", "lr_factor", "train", "validate"]
 
@@ -226,11 +225,6 @@ def train(
             },
             run.checkpoint,
         )
-        # A resumed run restarts here with freshly loaded weights, which triggers a power
-        # iteration at its first step; make the uninterrupted run do the same.
-        for m in flow.modules():
-            if isinstance(m, (SpectralLinear, SpectralConv2d)):
-                m.mark_stale()
 
     def stop(step: int, reason: str) -> TrainingStopped:
         return TrainingStopped.at(step + 1, reason, state["step"], run.checkpoint)

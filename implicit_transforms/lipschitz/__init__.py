@@ -1,12 +1,23 @@
 """Lipschitz-constrained layers, activations and networks, and their certification."""
 
 from implicit_transforms.lipschitz.activations import ACTIVATIONS, LipSwish, Sine, make_activation
-from implicit_transforms.lipschitz.certify import Certificate, certify, conv_operator_norm_bound
+from implicit_transforms.lipschitz.certify import (
+    Certificate,
+    certify,
+    conv_operator_norm_bound,
+    lipschitz_networks,
+)
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
-from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
+from implicit_transforms.lipschitz.spectral import (
+    EXACT_MAX_DIM,
+    SpectralConv2d,
+    SpectralLinear,
+    check_coeff,
+)
 
 __all__ = [
     "ACTIVATIONS",
+    "EXACT_MAX_DIM",
     "Certificate",
     "LipSwish",
     "LipschitzCNN",
@@ -18,5 +29,6 @@ __all__ = [
     "certify",
     "check_coeff",
     "conv_operator_norm_bound",
+    "lipschitz_networks",
     "make_activation",
 ]

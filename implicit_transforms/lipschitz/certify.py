@@ -1,13 +1,17 @@
-"""Guaranteed Lipschitz bounds for trained layers and residual networks.
+"""Guaranteed Lipschitz bounds for trained layers, residual networks and whole models.
 
 Power iteration *under*-estimates operator norms, so a trained model is only known to be
 invertible once an upper bound is checked. Dense layers use the exact largest singular value;
-convolutions use the FFT bound below.
+convolutions the exact norm of the dense operator on small inputs and the FFT bound below on
+larger ones. :func:`certify` takes a layer, a network, or any model containing networks (a
+block, an nflows ``Flow``, a Pyro transform or guide) and reports every network.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,17 +28,30 @@ class Certificate:
     """A guaranteed upper bound on a Lipschitz constant.
 
     Attributes:
-        bound: the bound on ``Lip`` of the whole module (product over its chain).
-        layers: per-layer bounds, keyed by a readable layer name.
+        bound: for a layer or a network, the bound on its ``Lip`` (product over its chain);
+            for a model, the largest bound over its networks (every residual map of the model
+            is invertible when it is below 1).
+        layers: per-layer bounds of a network, keyed by a readable layer name.
+        networks: for a model, the certificate of every Lipschitz network it contains, keyed
+            by the network's module path (empty for a single layer or network).
     """
 
     bound: float
     layers: dict[str, float] = field(default_factory=dict)
+    networks: dict[str, Certificate] = field(default_factory=dict)
 
     @property
     def contractive(self) -> bool:
-        """Whether the bound certifies ``Lip < 1`` (so ``x + g(x)`` is invertible)."""
+        """Whether the bound certifies ``Lip < 1`` (so every ``x + g(x)`` is invertible)."""
         return self.bound < 1.0
+
+    def __str__(self) -> str:
+        if not self.networks:
+            return f"Lip <= {self.bound:.6f} ({'contractive' if self.contractive else 'NOT contractive'})"
+        lines = [f"{len(self.networks)} networks, largest bound {self.bound:.6f}:"]
+        for name, cert in self.networks.items():
+            lines.append(f"  {name}: {cert}")
+        return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -83,9 +100,12 @@ def _layer_bound(layer: nn.Module, input_size: tuple[int, int] | None) -> float:
     if isinstance(layer, SpectralLinear):
         return float(torch.linalg.matrix_norm(layer.normalized_weight().double(), ord=2))
     if isinstance(layer, SpectralConv2d):
+        if layer.spatial_size is None:
+            raise ValueError(
+                "certify: a convolution has not run forward yet, and its normalisation is set "
+                "by the input size it first sees: run one forward pass first"
+            )
         size = input_size or layer.spatial_size
-        if size is None:
-            raise ValueError("certify: give input_size for a convolution that never ran forward")
         weight = layer.normalized_weight()
         if weight.shape[1] * size[0] * size[1] <= _EXACT_CONV_MAX:
             return _conv_exact_norm(weight, size, layer.padding)
@@ -101,27 +121,7 @@ def _layer_bound(layer: nn.Module, input_size: tuple[int, int] | None) -> float:
     raise TypeError(f"certify: no Lipschitz bound known for {type(layer).__name__}")
 
 
-@torch.no_grad()
-def certify(module: nn.Module, input_size: tuple[int, int] | None = None) -> Certificate:
-    r"""Guaranteed bound on ``Lip`` of a layer, a :class:`LipschitzNet`, or an ``nn.Sequential``.
-
-    ``Lip(f_n o ... o f_1) <= prod_i Lip(f_i)``. Dense layers: exact spectral norm of the
-    effective weight (SVD); convolutions: :func:`conv_operator_norm_bound` on ``input_size``
-    (default: the size the layer last saw), or the exact norm of the dense operator when the
-    input has at most 1024 elements; activations of this package: 1.
-
-    Args:
-        module: the layer or network.
-        input_size: ``(H, W)`` for convolutions.
-
-    Returns:
-        A :class:`Certificate`; ``certificate.contractive`` tells whether ``Lip < 1``.
-
-    Example:
-        >>> from implicit_transforms.lipschitz import LipschitzMLP
-        >>> certify(LipschitzMLP(3, [8], coeff=0.9)).contractive
-        True
-    """
+def _chain_certificate(module: nn.Module, input_size: tuple[int, int] | None) -> Certificate:
     if isinstance(module, LipschitzNet):
         chain = [(f"{i}:{type(m).__name__}", m) for i, m in enumerate(module.lipschitz_chain())]
     elif isinstance(module, nn.Sequential):
@@ -131,10 +131,86 @@ def certify(module: nn.Module, input_size: tuple[int, int] | None = None) -> Cer
     layers: dict[str, float] = {}
     bound = 1.0
     for name, layer in chain:
-        sub = (
-            certify(layer, input_size) if isinstance(layer, (nn.Sequential, LipschitzNet)) else None
-        )
-        value = sub.bound if sub is not None else _layer_bound(layer, input_size)
+        if isinstance(layer, (nn.Sequential, LipschitzNet)):
+            value = _chain_certificate(layer, input_size).bound
+        else:
+            value = _layer_bound(layer, input_size)
         layers[name] = value
         bound *= value
     return Certificate(bound=bound, layers=layers)
+
+
+def _modules_of(obj: Any) -> Iterator[tuple[str, nn.Module]]:
+    """Top-level modules of ``obj``: itself, or the parts of a transformed distribution."""
+    if isinstance(obj, nn.Module):
+        yield "", obj
+        return
+    parts = getattr(obj, "transforms", None)
+    if parts is None:
+        raise TypeError(
+            "certify: expected an nn.Module (a layer, a network, a block, an nflows Flow, a Pyro "
+            f"transform or guide) or a distribution with .transforms, got {type(obj).__name__}"
+        )
+    for i, part in enumerate(parts):
+        if isinstance(part, nn.Module):
+            yield f"transforms.{i}", part
+
+
+def lipschitz_networks(obj: Any) -> dict[str, LipschitzNet]:
+    """Every :class:`LipschitzNet` inside ``obj`` (a module or a transformed distribution),
+    keyed by module path; networks nested in another network are not listed twice."""
+    found: dict[str, LipschitzNet] = {}
+    for prefix, top in _modules_of(obj):
+        for name, module in top.named_modules(prefix=prefix):
+            if isinstance(module, LipschitzNet) and not any(
+                name.startswith(outer + ".") for outer in found
+            ):
+                found[name or type(module).__name__] = module
+    return found
+
+
+@torch.no_grad()
+def certify(module: Any, input_size: tuple[int, int] | None = None) -> Certificate:
+    r"""Guaranteed bound on ``Lip`` of a layer or a network, or of every network of a model.
+
+    ``Lip(f_n o ... o f_1) <= prod_i Lip(f_i)``. Dense layers: exact spectral norm of the
+    effective weight (SVD in float64); convolutions: :func:`conv_operator_norm_bound` on
+    ``input_size`` (default: the size the layer last saw), or the exact norm of the dense
+    operator when the input has at most 1024 elements; activations of this package: 1.
+
+    Any other module (an :class:`~implicit_transforms.InvertibleBlock`, an nflows ``Flow``, a
+    Pyro ``TransformModule`` or guide), or a distribution with ``.transforms``, is searched
+    for Lipschitz networks: the certificate lists each one in ``networks`` and its ``bound`` is
+    the largest of theirs.
+
+    Args:
+        module: the layer, network or model.
+        input_size: ``(H, W)`` for convolutions.
+
+    Returns:
+        A :class:`Certificate`; ``certificate.contractive`` tells whether ``Lip < 1`` (for a
+        model: whether every network is contractive).
+
+    Raises:
+        TypeError: a layer with no known bound, or an object that is neither a module nor a
+            distribution with transforms.
+        ValueError: a model without any Lipschitz network, or a convolution that never ran
+            forward (its normalisation depends on the input size it first sees).
+
+    Example:
+        >>> from implicit_transforms.lipschitz import LipschitzMLP
+        >>> certify(LipschitzMLP(3, [8], coeff=0.9)).contractive
+        True
+    """
+    if isinstance(module, (LipschitzNet, nn.Sequential)):
+        return _chain_certificate(module, input_size)
+    nets = lipschitz_networks(module)
+    if not nets:
+        if isinstance(module, nn.Module) and not list(module.children()):
+            return _chain_certificate(module, input_size)  # a single layer
+        raise ValueError(
+            f"certify: {type(module).__name__} contains no Lipschitz network (LipschitzMLP or "
+            "LipschitzCNN) to certify"
+        )
+    networks = {name: _chain_certificate(net, input_size) for name, net in nets.items()}
+    return Certificate(bound=max(c.bound for c in networks.values()), layers={}, networks=networks)

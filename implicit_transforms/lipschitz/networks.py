@@ -72,7 +72,8 @@ class LipschitzMLP(LipschitzNet):
         coeff: Lipschitz coefficient per layer, in ``(0, 1)``.
         activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
         context_features: size of an optional context vector.
-        n_power_iterations: power iterations per spectral-norm update.
+        n_power_iterations: power iterations per weight change (convolutions and large dense
+            layers; smaller dense layers use the exact norm).
 
     Example:
         >>> import torch
@@ -89,7 +90,7 @@ class LipschitzMLP(LipschitzNet):
         coeff: float = 0.97,
         activation: str = "lipswish",
         context_features: int | None = None,
-        n_power_iterations: int = 1,
+        n_power_iterations: int = 2,
     ) -> None:
         super().__init__()
         _check_positive("features", features)
@@ -131,7 +132,8 @@ class LipschitzCNN(LipschitzNet):
         activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
         context_features: size of an optional context vector (enters as a per-channel bias).
         kernel_size: odd size of the outer convolutions.
-        n_power_iterations: power iterations per spectral-norm update.
+        n_power_iterations: power iterations per weight change (convolutions and large dense
+            layers; smaller dense layers use the exact norm).
     """
 
     def __init__(
@@ -143,7 +145,7 @@ class LipschitzCNN(LipschitzNet):
         activation: str = "lipswish",
         context_features: int | None = None,
         kernel_size: int = 3,
-        n_power_iterations: int = 1,
+        n_power_iterations: int = 2,
     ) -> None:
         super().__init__()
         _check_positive("channels", channels)

@@ -9,7 +9,15 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-__all__ = ["LogDetEstimator", "evaluate_with_input_grad", "flat_dim", "vjp"]
+from implicit_transforms.errors import HigherOrderGradientError
+
+__all__ = [
+    "LogDetEstimator",
+    "evaluate_with_input_grad",
+    "first_order_only",
+    "flat_dim",
+    "vjp",
+]
 
 
 @runtime_checkable
@@ -62,3 +70,26 @@ def flat_dim(x: Tensor, event_dims: int) -> int:
 def sum_event(t: Tensor, event_dims: int) -> Tensor:
     """Sum over the trailing ``event_dims`` dimensions."""
     return t.sum(dim=tuple(range(t.dim() - event_dims, t.dim())))
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward refuses to build a graph (``create_graph=True``)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, message: str) -> Tensor:
+        ctx.message = message  # type: ignore[attr-defined]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        if torch.is_grad_enabled():
+            raise HigherOrderGradientError(ctx.message)  # type: ignore[attr-defined]
+        return grad, None
+
+
+def first_order_only(t: Tensor, message: str) -> Tensor:
+    """``t`` unchanged, with a backward that raises
+    :class:`~implicit_transforms.errors.HigherOrderGradientError` (``message``) when a second
+    derivative is requested: for gradients given by an identity that has no derivative of
+    its own, where autograd would otherwise return a silently wrong second derivative."""
+    return _FirstOrderOnly.apply(t, message)

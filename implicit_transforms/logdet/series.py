@@ -25,7 +25,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from implicit_transforms.logdet.base import evaluate_with_input_grad, flat_dim, sum_event, vjp
+from implicit_transforms.logdet.base import (
+    evaluate_with_input_grad,
+    first_order_only,
+    flat_dim,
+    sum_event,
+    vjp,
+)
 from implicit_transforms.logdet.random import (
     Geometric,
     Poisson,
@@ -37,6 +43,12 @@ from implicit_transforms.logdet.random import (
 __all__ = ["GradientMode", "PowerSeriesLogDet", "RouletteLogDet", "power_series_bound"]
 
 GradientMode = Literal["backprop", "neumann"]
+
+_NEUMANN_FIRST_ORDER = (
+    "a second derivative (create_graph=True) was requested through a log-det estimated with "
+    "gradient='neumann', whose gradient is a first-order identity; use gradient='backprop' "
+    "or ExactLogDet for higher derivatives"
+)
 
 
 def power_series_bound(lipschitz: float, n_terms: int, dim: int) -> float:
@@ -117,6 +129,7 @@ def _series_logdet(
     if not grad_mode:
         return gx.detach(), value.detach()
     if gradient == "neumann":
+        surrogate = first_order_only(surrogate, _NEUMANN_FIRST_ORDER)
         return gx, value.detach() + (surrogate - surrogate.detach())
     return gx, value
 

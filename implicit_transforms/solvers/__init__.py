@@ -2,10 +2,14 @@
 
 Each solver is a pure function ``solver(F, z0, *, atol, rtol, max_iter, ...) -> SolverResult``
 plus a frozen configuration class of the same name in CamelCase for composing into blocks.
+Default tolerances follow the dtype (:func:`default_tolerance`); no solver raises anything but
+its failure policy's :class:`~implicit_transforms.ConvergenceError` (or a ``ValueError`` /
+``TypeError`` for bad arguments).
 """
 
-from implicit_transforms.solvers.anderson import Anderson, anderson
-from implicit_transforms.solvers.base import Solver
+from implicit_transforms.solvers._common import default_tolerance
+from implicit_transforms.solvers.anderson import Anderson, anderson, default_regularization
+from implicit_transforms.solvers.base import Solver, SolverConfig
 from implicit_transforms.solvers.broyden import Broyden, broyden
 from implicit_transforms.solvers.fixed_point import FixedPoint, fixed_point
 from implicit_transforms.solvers.result import OnFailure, SolverResult, SolverStatus
@@ -16,9 +20,12 @@ __all__ = [
     "FixedPoint",
     "OnFailure",
     "Solver",
+    "SolverConfig",
     "SolverResult",
     "SolverStatus",
     "anderson",
     "broyden",
+    "default_regularization",
+    "default_tolerance",
     "fixed_point",
 ]

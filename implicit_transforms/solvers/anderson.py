@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -9,9 +10,36 @@ import torch
 from torch import Tensor
 
 from implicit_transforms.solvers._common import FlatProblem, Tracker
+from implicit_transforms.solvers.base import SolverConfig
 from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
 
-__all__ = ["Anderson", "anderson"]
+__all__ = ["Anderson", "anderson", "default_regularization"]
+
+
+def default_regularization(dtype: torch.dtype) -> float:
+    """Anderson's default Tikhonov weight for a dtype: ``sqrt(eps)`` (1.5e-8 in float64,
+    3.5e-4 in float32).
+
+    The least-squares problem is solved through its Gram matrix, whose rounding errors are of
+    order ``eps`` times its largest entry; a regularisation below that level leaves the
+    matrix numerically singular.
+    """
+    return math.sqrt(float(torch.finfo(dtype).eps))
+
+
+def _check(history: int, mixing: float, regularization: float | None) -> None:
+    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        raise ValueError(f"anderson: history must be a positive int, got {history!r}")
+    if not isinstance(mixing, (int, float)) or not 0.0 < mixing <= 1.0:
+        raise ValueError(f"anderson: mixing must be in (0, 1], got {mixing!r}")
+    if regularization is not None and (
+        not isinstance(regularization, (int, float))
+        or not math.isfinite(regularization)
+        or regularization < 0
+    ):
+        raise ValueError(
+            f"anderson: regularization must be a finite float >= 0 or None, got {regularization!r}"
+        )
 
 
 def anderson(
@@ -23,7 +51,7 @@ def anderson(
     max_iter: int = 100,
     history: int = 5,
     mixing: float = 1.0,
-    regularization: float = 1e-8,
+    regularization: float | None = None,
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
 ) -> SolverResult:
@@ -32,6 +60,13 @@ def anderson(
     With the last ``m`` iterates ``z_i`` and images ``T(z_i)``, residuals ``r_i = -F(z_i)``,
     each sample solves ``min_a ||sum_i a_i r_i||^2`` subject to ``sum_i a_i = 1`` and steps to
     ``z <- mixing * sum_i a_i T(z_i) + (1 - mixing) * sum_i a_i z_i``.
+
+    The constrained least-squares problem is solved through the regularised Gram matrix
+    ``G = R R^T + lambda max(diag(G)) I`` as ``a = G^{-1} 1 / (1^T G^{-1} 1)`` by a Cholesky
+    factorisation that reports failure instead of raising: a sample whose factorisation
+    fails or whose weights are not finite takes the plain fixed-point step instead. No
+    linear-algebra exception can escape, whatever the dtype; failure to converge is reported
+    only through ``on_failure``.
 
     Stop test, per-sample freezing and failure policy as in :func:`fixed_point`.
 
@@ -43,8 +78,8 @@ def anderson(
         max_iter: maximum number of iterations.
         history: number ``m >= 1`` of past iterates mixed.
         mixing: damping ``beta`` in ``(0, 1]``.
-        regularization: Tikhonov term added (relative to the Gram diagonal) to the
-            least-squares problem for numerical stability.
+        regularization: Tikhonov weight ``lambda``, relative to the Gram diagonal (``None``:
+            :func:`default_regularization` of the dtype).
         event_dims: number of trailing dimensions forming one problem.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
 
@@ -54,10 +89,7 @@ def anderson(
     References:
         Walker & Ni, "Anderson acceleration for fixed-point iterations", 2011.
     """
-    if not isinstance(history, int) or history < 1:
-        raise ValueError(f"anderson: history must be a positive int, got {history!r}")
-    if not 0.0 < mixing <= 1.0:
-        raise ValueError(f"anderson: mixing must be in (0, 1], got {mixing!r}")
+    _check(history, mixing, regularization)
     prob = FlatProblem(
         fn,
         z0,
@@ -68,6 +100,7 @@ def anderson(
         on_failure=on_failure,
         name="anderson",
     )
+    lam = default_regularization(z0.dtype) if regularization is None else float(regularization)
     with torch.no_grad():
         z = prob.z0
         b, n = z.shape
@@ -75,6 +108,7 @@ def anderson(
         tracker = Tracker(z, f, prob.atol, prob.rtol)
         zs = z.new_zeros(b, history, n)
         ts = z.new_zeros(b, history, n)
+        tiny = torch.finfo(z.dtype).tiny
         for k in range(max_iter):
             if tracker.done:
                 break
@@ -84,21 +118,18 @@ def anderson(
             m = min(k + 1, history)
             r = ts[:, :m] - zs[:, :m]
             gram = r @ r.transpose(1, 2)
-            diag = gram.diagonal(dim1=1, dim2=2)
-            reg = regularization * diag.amax(dim=1).clamp_min(torch.finfo(z.dtype).tiny)
-            gram = gram + reg[:, None, None] * torch.eye(m, dtype=z.dtype, device=z.device)
-            # Bordered system [[0, 1^T], [1, G]] [mu; a] = [1; 0] enforces sum(a) = 1.
-            h = z.new_zeros(b, m + 1, m + 1)
-            h[:, 0, 1:] = 1.0
-            h[:, 1:, 0] = 1.0
-            h[:, 1:, 1:] = gram
-            rhs = z.new_zeros(b, m + 1, 1)
-            rhs[:, 0] = 1.0
-            sol = torch.linalg.solve(h, rhs)
-            a = sol[:, 1:, 0]
-            a = torch.where(
-                torch.isfinite(a).all(dim=1, keepdim=True), a, torch.full_like(a, 1.0 / m)
+            scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
+            gram = gram + (lam * scale)[:, None, None] * torch.eye(
+                m, dtype=z.dtype, device=z.device
             )
+            chol, info = torch.linalg.cholesky_ex(gram)
+            ones = z.new_ones(b, m, 1)
+            y = torch.cholesky_solve(ones, chol)[..., 0]
+            a = y / y.sum(dim=1, keepdim=True)
+            fallback = torch.zeros_like(a)
+            fallback[:, slot] = 1.0  # the plain fixed-point step from the newest iterate
+            usable = (info == 0) & torch.isfinite(a).all(dim=1)
+            a = torch.where(usable[:, None], a, fallback)
             mixed_t = torch.einsum("bm,bmn->bn", a, ts[:, :m])
             mixed_z = torch.einsum("bm,bmn->bn", a, zs[:, :m])
             z_new = mixing * mixed_t + (1.0 - mixing) * mixed_z
@@ -109,28 +140,17 @@ def anderson(
 
 
 @dataclass(frozen=True)
-class Anderson:
-    """Configured :func:`anderson` solver, for composing into blocks."""
+class Anderson(SolverConfig):
+    """Configured :func:`anderson` solver, for composing into blocks (fields: its keyword
+    arguments)."""
 
-    atol: float | None = None
-    rtol: float | None = None
     max_iter: int = 100
     history: int = 5
     mixing: float = 1.0
-    on_failure: OnFailure = "raise"
+    regularization: float | None = None
 
-    def __call__(
-        self, fn: Callable[[Tensor], Tensor], z0: Tensor, *, event_dims: int = 1
-    ) -> SolverResult:
-        """Run :func:`anderson` with this configuration."""
-        return anderson(
-            fn,
-            z0,
-            atol=self.atol,
-            rtol=self.rtol,
-            max_iter=self.max_iter,
-            history=self.history,
-            mixing=self.mixing,
-            event_dims=event_dims,
-            on_failure=self.on_failure,
-        )
+    _function = staticmethod(anderson)
+    _name = "anderson"
+
+    def _check(self) -> None:
+        _check(self.history, self.mixing, self.regularization)

@@ -1,15 +1,20 @@
-"""The protocol every configured solver satisfies."""
+"""The protocol every configured solver satisfies, and the base class of the configurations."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
-from implicit_transforms.solvers.result import SolverResult
+from implicit_transforms.solvers._common import check_common
+from implicit_transforms.solvers.result import OnFailure, SolverResult
 
-__all__ = ["Solver"]
+__all__ = ["Solver", "SolverConfig"]
+
+_C = TypeVar("_C", bound="SolverConfig")
 
 
 @runtime_checkable
@@ -26,3 +31,52 @@ class Solver(Protocol):
     ) -> SolverResult:
         """Solve ``fn(z) = 0`` from ``z0``."""
         ...
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Base of the frozen solver configurations: the fields are the keyword arguments of the
+    pure solver function, checked when the configuration is built.
+
+    Attributes:
+        atol: absolute tolerance (``None``: the dtype's default, see
+            :func:`~implicit_transforms.solvers.default_tolerance`).
+        rtol: relative tolerance (same default).
+        max_iter: maximum number of iterations.
+        on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` when a sample does not converge.
+    """
+
+    atol: float | None = None
+    rtol: float | None = None
+    max_iter: int = 100
+    on_failure: OnFailure = "raise"
+
+    _function: ClassVar[Callable[..., SolverResult]]
+    _name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        check_common(
+            self._name,
+            atol=self.atol,
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            on_failure=self.on_failure,
+        )
+        self._check()
+
+    def _check(self) -> None:
+        """Validate the solver-specific fields (subclasses)."""
+
+    def options(self) -> dict[str, Any]:
+        """The configuration as keyword arguments of the solver function."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """A copy with some fields changed, e.g. ``Broyden().replace(on_failure="warn")``."""
+        return dataclasses.replace(self, **changes)
+
+    def __call__(
+        self, fn: Callable[[Tensor], Tensor], z0: Tensor, *, event_dims: int = 1
+    ) -> SolverResult:
+        """Solve ``fn(z) = 0`` from ``z0`` with this configuration."""
+        return type(self)._function(fn, z0, event_dims=event_dims, **self.options())

@@ -38,7 +38,9 @@ class SolverResult:
         iterations: number of iterations each sample was updated, shape ``batch``.
         converged: whether each sample met ``||F|| <= atol + rtol * ||z||``, shape ``batch``.
         nonfinite: whether ``F`` produced NaN/Inf for a sample, shape ``batch``.
-        num_evals: total number of (batched) evaluations of ``F``.
+        num_evals: number of (batched) calls of ``F``.
+        sample_evals: number of per-sample evaluations of ``F`` (rows evaluated, summed over
+            calls): the work measure, since one call may evaluate only part of the batch.
         status: overall :class:`SolverStatus`.
         solver: name of the solver that produced the result.
     """
@@ -49,6 +51,7 @@ class SolverResult:
     converged: Tensor
     nonfinite: Tensor
     num_evals: int
+    sample_evals: int
     status: SolverStatus
     solver: str
 
@@ -61,7 +64,8 @@ class SolverResult:
         max_it = int(self.iterations.max()) if n else 0
         text = (
             f"{self.solver}: {self.status.value} ({n_ok}/{n} samples converged, "
-            f"worst residual {worst:.3e}, at most {max_it} iterations, {self.num_evals} evaluations)."
+            f"worst residual {worst:.3e}, at most {max_it} iterations, {self.num_evals} calls of F, "
+            f"{self.sample_evals} sample evaluations)."
         )
         if self.status is SolverStatus.MAX_ITER:
             text += (
@@ -111,6 +115,7 @@ def make_result(
     converged: Tensor,
     nonfinite: Tensor,
     num_evals: int,
+    sample_evals: int,
     batch_shape: torch.Size,
     event_shape: torch.Size,
     solver: str,
@@ -123,6 +128,7 @@ def make_result(
         converged=converged.reshape(batch_shape),
         nonfinite=nonfinite.reshape(batch_shape),
         num_evals=num_evals,
+        sample_evals=sample_evals,
         status=_status(converged, nonfinite),
         solver=solver,
     )

@@ -1,0 +1,213 @@
+"""Trust benchmark: certified Lipschitz bounds under the hosts' real optimizers.
+
+Trains ResFlow and ImpFlow blocks for a few hundred steps at lr 1e-2 on objectives that push
+the flow to expand (nflows: maximum likelihood of data 100x narrower than the base; Pyro: a
+guide for a posterior 100x wider than the base), with six optimizers, and reports the largest
+certified Lipschitz bound over the networks in training mode after a forward, in evaluation
+mode, and the round-trip error. Run by hand (any checkout, old or new: it uses only the API
+both share):
+
+    .venv/bin/python benchmarks/trust.py [--steps 250] [--repo PATH]
+
+``--repo DIR`` imports ``implicit_transforms`` from ``DIR`` instead (a copy of an older
+checkout's ``implicit_transforms/`` with its ``plugins/`` copied inside) to measure it the same
+way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--dim", type=int, default=4)
+    p.add_argument("--repo", default=None, help="import implicit_transforms from this checkout")
+    return p.parse_args()
+
+
+ARGS = _args()
+if ARGS.repo:
+    sys.path.insert(0, ARGS.repo)
+
+import pyro  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+from implicit_transforms.plugins import nflows as it_nflows  # noqa: E402
+from implicit_transforms.plugins import pyro as it_pyro  # noqa: E402
+from nflows.distributions import StandardNormal  # noqa: E402
+from nflows.flows import Flow  # noqa: E402
+from nflows.transforms import CompositeTransform  # noqa: E402
+from pyro.infer import SVI, Trace_ELBO  # noqa: E402
+from pyro.optim.clipped_adam import ClippedAdam as TorchClippedAdam  # noqa: E402
+
+import implicit_transforms  # noqa: E402
+from implicit_transforms.lipschitz import LipschitzNet, certify  # noqa: E402
+
+OPTIMIZERS = ["sgd", "adam", "adam-fused", "adamw-foreach", "clipped-adam", "p.data"]
+
+
+def torch_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> Any:
+    """A torch optimizer by name, or ``None`` for the manual ``p.data`` loop."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adam-fused":
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    if name == "adamw-foreach":
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
+    if name == "clipped-adam":
+        return TorchClippedAdam(params, lr=lr)
+    return None
+
+
+def pyro_optimizer(name: str, lr: float) -> Any:
+    """The Pyro wrapper of an optimizer by name (``None`` for the manual loop)."""
+    return {
+        "sgd": lambda: pyro.optim.SGD({"lr": lr}),
+        "adam": lambda: pyro.optim.Adam({"lr": lr}),
+        "adam-fused": lambda: pyro.optim.Adam({"lr": lr, "fused": True}),
+        "adamw-foreach": lambda: pyro.optim.AdamW({"lr": lr, "foreach": True}),
+        "clipped-adam": lambda: pyro.optim.ClippedAdam({"lr": lr}),
+        "p.data": lambda: None,
+    }[name]()
+
+
+def largest_bound(module: Any) -> float:
+    nets = [m for m in module.modules() if isinstance(m, LipschitzNet)]
+    return max(certify(n).bound for n in nets)
+
+
+def nflows_run(family: str, opt_name: str, steps: int, lr: float, dim: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    maker = {"resflow": it_nflows.ResFlowTransform, "impflow": it_nflows.ImpFlowTransform}[family]
+    block = maker(dim, [32, 32])
+    flow = Flow(CompositeTransform([block]), StandardNormal([dim]))
+    data = 0.01 * torch.randn(4096, dim)
+    params = list(flow.parameters())
+    opt = torch_optimizer(opt_name, params, lr)
+    failed = ""
+    for step in range(steps):
+        batch = data[torch.randint(0, data.shape[0], (64,))]
+        try:
+            loss = -flow.log_prob(batch).mean()
+            for p in params:
+                p.grad = None
+            loss.backward()
+        except Exception as err:
+            failed = f"step {step}: {type(err).__name__}"
+            break
+        if opt is None:
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p.data.add_(p.grad, alpha=-lr)
+        else:
+            opt.step()
+    return _measure(flow, block.block, dim, failed)
+
+
+def _measure(model: Any, block: Any, dim: int, failed: str) -> dict[str, float | str]:
+    model.train()
+    x = torch.randn(256, dim)
+    with torch.no_grad():
+        try:
+            block.forward_and_logdet(x)
+        except Exception as err:
+            failed = failed or f"forward: {type(err).__name__}"
+    train_bound = largest_bound(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.eval()
+    eval_bound = largest_bound(model)
+    try:
+        with torch.no_grad():
+            y, _ = block.forward_and_logdet(x)
+            x_rec, _ = block.inverse_and_logdet(y)
+        err = float((x_rec - x).abs().max())
+    except Exception as e:
+        err = float("nan")
+        failed = failed or f"round trip: {type(e).__name__}"
+    return {
+        "train_bound": train_bound,
+        "eval_bound": eval_bound,
+        "round_trip": err,
+        "failed": failed,
+    }
+
+
+def pyro_run(family: str, opt_name: str, steps: int, lr: float, dim: int) -> dict[str, float | str]:
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    maker = {"resflow": it_pyro.resflow, "impflow": it_pyro.impflow}[family]
+    transform = maker(dim, [32, 32])
+
+    def model() -> None:
+        pyro.sample("z", dist.Normal(torch.zeros(dim), 100.0).to_event(1))
+
+    def guide() -> None:
+        pyro.module("t", transform)
+        base = dist.Normal(torch.zeros(dim), 1.0).to_event(1)
+        pyro.sample("z", dist.TransformedDistribution(base, [transform]))
+
+    elbo = Trace_ELBO(num_particles=16, vectorize_particles=True)
+    optim = pyro_optimizer(opt_name, lr)
+    failed = ""
+    svi = SVI(model, guide, optim, elbo) if optim is not None else None
+    for step in range(steps):
+        try:
+            if svi is not None:
+                svi.step()
+            else:
+                loss = elbo.differentiable_loss(model, guide)
+                params = list(transform.parameters())
+                for p in params:
+                    p.grad = None
+                loss.backward()
+                with torch.no_grad():
+                    for p in params:
+                        if p.grad is not None:
+                            p.data.add_(p.grad, alpha=-lr)
+        except Exception as err:
+            failed = f"step {step}: {type(err).__name__}"
+            break
+    return _measure(transform, transform.block, dim, failed)
+
+
+RUNS: dict[str, Callable[..., dict[str, Any]]] = {"nflows": nflows_run, "pyro": pyro_run}
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    print(f"implicit_transforms from {implicit_transforms.__file__}")
+    print(
+        f"{ARGS.steps} steps, lr {ARGS.lr}, D={ARGS.dim}, nets [32, 32]; largest certified Lip(g)"
+    )
+    print(
+        "| host | block | optimizer | Lip, training after a forward | Lip, eval | round trip "
+        "| note |\n|---|---|---|---|---|---|---|"
+    )
+    for host, run in RUNS.items():
+        for family in ("resflow", "impflow"):
+            for opt in OPTIMIZERS:
+                t0 = time.perf_counter()
+                r = run(family, opt, ARGS.steps, ARGS.lr, ARGS.dim)
+                note = r["failed"] or f"{time.perf_counter() - t0:.0f} s"
+                print(
+                    f"| {host} | {family} | {opt} | {r['train_bound']:.4f} | {r['eval_bound']:.4f} "
+                    f"| {r['round_trip']:.1e} | {note} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

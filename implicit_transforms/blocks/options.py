@@ -1,0 +1,224 @@
+"""One options object for every way of building a block (factories, nflows, Pyro)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from implicit_transforms.implicit import DEFAULT_ADJOINT
+from implicit_transforms.lipschitz.activations import ACTIVATIONS
+from implicit_transforms.lipschitz.spectral import check_coeff
+from implicit_transforms.logdet import (
+    Geometric,
+    LogDetEstimator,
+    PowerSeriesLogDet,
+    RouletteLogDet,
+)
+from implicit_transforms.solvers import Broyden, FixedPoint, OnFailure, Solver, SolverConfig
+
+__all__ = ["FAMILIES", "BlockOptions", "Family", "ResolvedOptions", "adjoint_for", "make_options"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """The paper configuration of a block family: the defaults :class:`BlockOptions` fills.
+
+    Attributes:
+        name: ``"iresnet"``, ``"resflow"`` or ``"impflow"``.
+        coeff: Lipschitz coefficient of every layer.
+        activation: name of the 1-Lipschitz activation.
+        solver: builds the default solver from a failure policy.
+        series: ``"power-series"`` (truncated, i-ResNet) or ``"roulette"`` (unbiased,
+            Neumann gradient, Residual Flows and ImpFlow) training log-det.
+    """
+
+    name: str
+    coeff: float
+    activation: str
+    solver: Callable[[OnFailure], SolverConfig]
+    series: Literal["power-series", "roulette"]
+
+
+FAMILIES: dict[str, Family] = {
+    "iresnet": Family("iresnet", 0.9, "elu", lambda p: FixedPoint(on_failure=p), "power-series"),
+    "resflow": Family("resflow", 0.97, "lipswish", lambda p: FixedPoint(on_failure=p), "roulette"),
+    "impflow": Family("impflow", 0.97, "lipswish", lambda p: Broyden(on_failure=p), "roulette"),
+}
+"""The three block families and their paper defaults."""
+
+
+def adjoint_for(solver: Solver, on_failure: OnFailure | None = None) -> Solver:
+    """The default adjoint solver for a forward ``solver``: Broyden with the forward solver's
+    failure policy (or ``on_failure`` when given), so "warn" in the forward pass also warns in
+    the backward pass."""
+    policy = on_failure or getattr(solver, "on_failure", None) or "raise"
+    return DEFAULT_ADJOINT.replace(on_failure=policy)
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """Concrete settings of one block (every default filled)."""
+
+    coeff: float
+    activation: str
+    solver: Solver
+    adjoint_solver: Solver
+    logdet_train: LogDetEstimator
+    logdet_eval: LogDetEstimator | None
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    """Settings of a block, shared by :func:`~implicit_transforms.blocks.impflow_block`,
+    :func:`~implicit_transforms.blocks.resflow_block`,
+    :func:`~implicit_transforms.blocks.iresnet_block`, the nflows transforms and the Pyro
+    helpers. Every field left ``None`` takes the family's paper default.
+
+    Each setting has one source: ``on_failure`` configures the default solvers only (pass
+    ``solver=Broyden(on_failure=...)`` otherwise), and ``n_probes`` / ``n_exact_terms`` /
+    ``n_terms`` / ``generator`` configure the default training estimator only; giving both a
+    component and a setting of its default is an error, never a silent override.
+
+    Attributes:
+        coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer (iresnet 0.9,
+            resflow/impflow 0.97).
+        activation: ``"lipswish"``, ``"sin"`` or ``"elu"`` (iresnet ELU, others LipSwish).
+        solver: root solver of the implicit direction(s) (residual blocks: fixed point;
+            impflow: Broyden).
+        adjoint_solver: solver of the backward linear systems (default: Broyden with the
+            forward solver's failure policy).
+        on_failure: failure policy of the default forward and adjoint solvers: ``"raise"``
+            (default), ``"warn"`` or ``"ignore"``.
+        logdet_train: training log-det estimator (iresnet: 5-term power series; others:
+            unbiased roulette with Neumann gradient).
+        logdet_eval: evaluation log-det estimator (default: exact for events of at most 64
+            elements, else ``logdet_train``).
+        n_probes: Hutchinson probes per sample of the default training estimator (1).
+        n_exact_terms: terms the default roulette estimator always evaluates (2).
+        n_terms: terms of the default power series (iresnet, 5).
+        generator: randomness of the default training estimator.
+    """
+
+    coeff: float | None = None
+    activation: str | None = None
+    solver: Solver | None = None
+    adjoint_solver: Solver | None = None
+    on_failure: OnFailure | None = None
+    logdet_train: LogDetEstimator | None = None
+    logdet_eval: LogDetEstimator | None = None
+    n_probes: int | None = None
+    n_exact_terms: int | None = None
+    n_terms: int | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if self.coeff is not None:
+            check_coeff(self.coeff)
+        if self.activation is not None and self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
+            )
+        for name in ("solver", "adjoint_solver", "logdet_train", "logdet_eval"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"{name} must be callable, got {type(value).__name__}")
+        if self.on_failure is not None and self.on_failure not in ("raise", "warn", "ignore"):
+            raise ValueError(
+                f"on_failure must be 'raise', 'warn' or 'ignore', got {self.on_failure!r}"
+            )
+        for name in ("n_probes", "n_exact_terms", "n_terms"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator, got {type(self.generator).__name__}"
+            )
+        if self.on_failure is not None:
+            for name in ("solver", "adjoint_solver"):
+                given = getattr(self, name)
+                policy = getattr(given, "on_failure", None)
+                if given is not None and policy != self.on_failure:
+                    raise ValueError(
+                        f"on_failure={self.on_failure!r} configures the default solvers, but "
+                        f"{name} was given with on_failure={policy!r}: set the policy on the "
+                        f"{name} you pass (e.g. {name}=Broyden(on_failure={self.on_failure!r}))"
+                    )
+        if self.logdet_train is not None:
+            for name in ("n_probes", "n_exact_terms", "n_terms", "generator"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} configures the default training estimator, but logdet_train "
+                        f"was given: configure {type(self.logdet_train).__name__} itself"
+                    )
+
+    def replace(self, **changes: Any) -> BlockOptions:
+        """A copy with some fields changed (unknown names raise ``TypeError``)."""
+        return make_options(self, changes)
+
+    def resolve(self, family: str | Family) -> ResolvedOptions:
+        """Fill every unset field with ``family``'s default."""
+        fam = FAMILIES.get(family) if isinstance(family, str) else family
+        if fam is None:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+        policy: OnFailure = self.on_failure or "raise"
+        solver = self.solver if self.solver is not None else fam.solver(policy)
+        adjoint = (
+            self.adjoint_solver
+            if self.adjoint_solver is not None
+            else adjoint_for(solver, self.on_failure)
+        )
+        return ResolvedOptions(
+            coeff=fam.coeff if self.coeff is None else self.coeff,
+            activation=fam.activation if self.activation is None else self.activation,
+            solver=solver,
+            adjoint_solver=adjoint,
+            logdet_train=self._training_estimator(fam),
+            logdet_eval=self.logdet_eval,
+        )
+
+    def _training_estimator(self, fam: Family) -> LogDetEstimator:
+        if self.logdet_train is not None:
+            return self.logdet_train
+        probes = 1 if self.n_probes is None else self.n_probes
+        if fam.series == "power-series":
+            if self.n_exact_terms is not None:
+                raise ValueError(
+                    f"n_exact_terms configures the roulette estimator of resflow/impflow; the "
+                    f"{fam.name} power series takes n_terms"
+                )
+            terms = 5 if self.n_terms is None else self.n_terms
+            return PowerSeriesLogDet(terms, probes, generator=self.generator)
+        if self.n_terms is not None:
+            raise ValueError(
+                f"n_terms configures the truncated power series of iresnet; the {fam.name} "
+                "roulette estimator takes n_exact_terms"
+            )
+        exact_terms = 2 if self.n_exact_terms is None else self.n_exact_terms
+        return RouletteLogDet(
+            Geometric(0.5, exact_terms), probes, gradient="neumann", generator=self.generator
+        )
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))
+
+
+def make_options(options: BlockOptions | None, changes: Mapping[str, Any]) -> BlockOptions:
+    """``options`` (or the defaults) with ``changes`` applied; unknown names raise a
+    ``TypeError`` listing the valid ones (so a typo is never silently ignored)."""
+    if options is not None and not isinstance(options, BlockOptions):
+        raise TypeError(f"options must be a BlockOptions, got {type(options).__name__}")
+    unknown = sorted(set(changes) - set(_FIELDS))
+    if unknown:
+        raise TypeError(
+            f"unknown block option(s) {', '.join(map(repr, unknown))}; valid options are "
+            f"{', '.join(_FIELDS)}"
+        )
+    base = options if options is not None else BlockOptions()
+    return dataclasses.replace(base, **changes)

@@ -1,0 +1,152 @@
+"""One options object: the same settings build the same block in the core, nflows and Pyro."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+pytest.importorskip("nflows")
+pytest.importorskip("pyro")
+
+from implicit_transforms.plugins import nflows as it_nflows
+from implicit_transforms.plugins import pyro as it_pyro
+
+from implicit_transforms import BlockOptions, InvertibleBlock
+from implicit_transforms.blocks import build_block, impflow_block, iresnet_block, resflow_block
+from implicit_transforms.lipschitz import LipSwish, Sine, SpectralLinear
+from implicit_transforms.logdet import ExactLogDet, PowerSeriesLogDet, RouletteLogDet
+from implicit_transforms.solvers import Anderson, Broyden, FixedPoint
+
+FACTORIES = {"iresnet": iresnet_block, "resflow": resflow_block, "impflow": impflow_block}
+NFLOWS = {
+    "iresnet": it_nflows.IResNetTransform,
+    "resflow": it_nflows.ResFlowTransform,
+    "impflow": it_nflows.ImpFlowTransform,
+}
+PYRO = {"iresnet": it_pyro.iresnet, "resflow": it_pyro.resflow, "impflow": it_pyro.impflow}
+PYRO_CONDITIONAL = {
+    "iresnet": it_pyro.conditional_iresnet,
+    "resflow": it_pyro.conditional_resflow,
+    "impflow": it_pyro.conditional_impflow,
+}
+
+
+def _entry_points(family: str) -> dict[str, Callable[..., InvertibleBlock]]:
+    return {
+        "factory": lambda **kw: FACTORIES[family](3, [8], **kw),
+        "build_block": lambda **kw: build_block(family, 3, [8], **kw),
+        "nflows": lambda **kw: NFLOWS[family](3, [8], **kw).block,
+        "pyro": lambda **kw: PYRO[family](3, [8], **kw).block,
+        "pyro-conditional": lambda **kw: PYRO_CONDITIONAL[family](3, 2, [8], **kw).block,
+    }
+
+
+def _summary(block: InvertibleBlock) -> dict[str, Any]:
+    layers = [m for m in block.modules() if isinstance(m, SpectralLinear)]
+    acts = {type(m).__name__ for net in block.networks() for m in net.activations}
+    return {
+        "coeff": {m.coeff for m in layers},
+        "activation": acts,
+        "solver": getattr(block, "solver", None),
+        "adjoint": getattr(block, "adjoint_solver", None),
+        "logdet_train": repr(block.logdet_train),
+        "logdet_eval": repr(block.logdet_eval),
+    }
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_every_entry_point_takes_the_same_settings(family: str) -> None:
+    solver = Anderson(history=3, regularization=1e-4, on_failure="warn")
+    adjoint = Broyden(max_iter=30, on_failure="ignore")
+    settings: dict[str, Any] = {
+        "coeff": 0.8,
+        "activation": "sin",
+        "solver": solver,
+        "adjoint_solver": adjoint,
+        "logdet_train": PowerSeriesLogDet(3, 2),
+        "logdet_eval": ExactLogDet(),
+    }
+    summaries = []
+    for name, make in _entry_points(family).items():
+        by_keywords = _summary(make(**settings))
+        by_object = _summary(make(options=BlockOptions(**settings)))
+        assert by_keywords == by_object, name
+        summaries.append(by_keywords)
+    assert all(s == summaries[0] for s in summaries)
+    first = summaries[0]
+    assert first["coeff"] == {0.8} and first["activation"] == {"Sine"}
+    assert first["solver"] is solver and first["adjoint"] is adjoint
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_on_failure_reaches_the_forward_and_the_adjoint_solver(family: str) -> None:
+    for name, make in _entry_points(family).items():
+        block = make(on_failure="warn")
+        assert block.solver.on_failure == "warn", name
+        assert block.adjoint_solver.on_failure == "warn", name
+
+
+def test_family_defaults() -> None:
+    defaults = {name: _summary(f(3, [8])) for name, f in FACTORIES.items()}
+    assert defaults["iresnet"]["coeff"] == {0.9} and defaults["iresnet"]["activation"] == {"ELU"}
+    assert isinstance(iresnet_block(3).logdet_train, PowerSeriesLogDet)
+    assert isinstance(resflow_block(3).logdet_train, RouletteLogDet)
+    assert isinstance(resflow_block(3).solver, FixedPoint)
+    assert isinstance(impflow_block(3).solver, Broyden)
+    assert {type(a) for a in resflow_block(3).net.activations} == {LipSwish}
+    assert isinstance(impflow_block(3, activation="sin").net_x.activations[0], Sine)
+    est = resflow_block(3, n_exact_terms=4, n_probes=3).logdet_train
+    assert isinstance(est, RouletteLogDet) and est.length.n_exact_terms == 4  # type: ignore[attr-defined]
+    assert est.n_probes == 3
+    assert iresnet_block(3, n_terms=7).logdet_train.n_terms == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_unknown_settings_are_refused_everywhere(family: str) -> None:
+    for name, make in _entry_points(family).items():
+        with pytest.raises(TypeError, match=r"unknown block option\(s\) 'cofe'.*valid options"):
+            make(cofe=0.5)
+        assert name
+
+
+@pytest.mark.parametrize(
+    ("family", "settings", "match"),
+    [
+        ("resflow", {"solver": FixedPoint(), "on_failure": "warn"}, "set the policy on the solver"),
+        (
+            "resflow",
+            {"adjoint_solver": Broyden(), "on_failure": "ignore"},
+            "set the policy on the adjoint_solver",
+        ),
+        ("resflow", {"logdet_train": ExactLogDet(), "n_probes": 2}, "configure ExactLogDet"),
+        ("iresnet", {"n_exact_terms": 3}, "takes n_terms"),
+        ("impflow", {"n_terms": 3}, "takes n_exact_terms"),
+        ("resflow", {"coeff": 1.0}, "coeff must be in"),
+        ("resflow", {"activation": "relu"}, "activation must be one of"),
+        ("resflow", {"on_failure": "explode"}, "on_failure"),
+        ("resflow", {"n_probes": 0}, "n_probes"),
+    ],
+)
+def test_conflicting_or_bad_settings_are_errors(
+    family: str, settings: dict[str, Any], match: str
+) -> None:
+    for make in _entry_points(family).values():
+        with pytest.raises(ValueError, match=match):
+            make(**settings)
+
+
+def test_options_compose() -> None:
+    base = BlockOptions(coeff=0.8, on_failure="warn")
+    changed = base.replace(activation="sin")
+    assert changed.coeff == 0.8 and changed.activation == "sin" and base.activation is None
+    block = resflow_block(3, [8], options=base, coeff=0.7)
+    assert {m.coeff for m in block.modules() if isinstance(m, SpectralLinear)} == {0.7}
+    with pytest.raises(TypeError, match="options must be a BlockOptions"):
+        resflow_block(3, options={"coeff": 0.5})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="generator"):
+        BlockOptions(generator=0)  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(0)
+    assert resflow_block(3, generator=gen).logdet_train.generator is gen  # type: ignore[attr-defined]
