@@ -32,6 +32,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--dim", type=int, default=4)
     p.add_argument("--repo", default=None, help="import implicit_transforms from this checkout")
+    p.add_argument(
+        "--sections",
+        default="optimizers,gradients,solvers",
+        help="comma-separated: optimizers, gradients, solvers",
+    )
     return p.parse_args()
 
 
@@ -51,6 +56,7 @@ from pyro.optim.clipped_adam import ClippedAdam as TorchClippedAdam  # noqa: E40
 
 import implicit_transforms  # noqa: E402
 from implicit_transforms.lipschitz import LipschitzNet, certify  # noqa: E402
+from implicit_transforms.solvers import anderson, broyden  # noqa: E402
 
 OPTIMIZERS = ["sgd", "adam", "adam-fused", "adamw-foreach", "clipped-adam", "p.data"]
 
@@ -186,9 +192,120 @@ def pyro_run(family: str, opt_name: str, steps: int, lr: float, dim: int) -> dic
 RUNS: dict[str, Callable[..., dict[str, Any]]] = {"nflows": nflows_run, "pyro": pyro_run}
 
 
+def gradient_errors() -> None:
+    """float32 gradients through implicit solves against float64, at two loss scales."""
+    import copy
+
+    from implicit_transforms.blocks import impflow_block, resflow_block
+
+    print("\nfloat32 vs float64 gradients through the solves (relative error of the gradient)")
+    print("| case | loss scale 1 | loss scale 1e-4 |\n|---|---|---|")
+    cases = {
+        "ResFlow inverse": (resflow_block, "inverse"),
+        "ImpFlow forward": (impflow_block, "forward"),
+        "ImpFlow inverse": (impflow_block, "inverse"),
+    }
+    for name, (factory, direction) in cases.items():
+        errs = []
+        for scale in (1.0, 1e-4):
+            torch.manual_seed(0)
+            ref = factory(4, [32], coeff=0.95).double()
+            with torch.no_grad():
+                for p in ref.parameters():
+                    p.mul_(3.0)
+            ref.eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                low = copy.deepcopy(ref).float().eval()
+            x = 2 * torch.randn(16, 4, dtype=torch.float64)
+            w = torch.randn(16, 4, dtype=torch.float64)
+            grads = []
+            for model, dtype in ((ref, torch.float64), (low, torch.float32)):
+                xin = x.to(dtype).detach().requires_grad_()
+                run = (
+                    model.inverse_and_logdet if direction == "inverse" else model.forward_and_logdet
+                )
+                out, ld = run(xin)
+                (scale * ((out * w.to(dtype)).sum() + ld.sum())).backward()
+                g = [xin.grad] + [p.grad for p in model.parameters() if p.grad is not None]
+                grads.append(torch.cat([t.flatten() for t in g]).double() / scale)
+            errs.append(float((grads[1] - grads[0]).norm() / grads[0].norm()))
+        print(f"| {name} | {errs[0]:.1e} | {errs[1]:.1e} |")
+
+
+def _hard_problems(dtype: torch.dtype) -> dict[str, tuple[Callable[..., Any], torch.Tensor]]:
+    """Residuals near the Lipschitz limit: ImpFlow-block residuals with saturated layers
+    (coeff 0.99, inputs of scale 8) and ``z + s(A z) = y`` with A's eigenvalues in
+    [-0.99, -0.79], where the plain iteration oscillates."""
+    from implicit_transforms.lipschitz import LipschitzMLP
+
+    out: dict[str, tuple[Callable[..., Any], torch.Tensor]] = {}
+    for d in (2, 16):
+        for act in ("sin", "lipswish"):
+            nets = []
+            for seed in (1, 2):
+                torch.manual_seed(seed)
+                g = LipschitzMLP(d, [64, 64], coeff=0.99, activation=act)
+                with torch.no_grad():
+                    for layer in g.layers:
+                        layer.weight.mul_(10.0)
+                g = g.to(dtype)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    g.eval()
+                nets.append(g)
+            torch.manual_seed(3)
+            x = (8.0 * torch.randn(256, d)).to(dtype)
+            with torch.no_grad():
+                target = x + nets[0](x)
+            out[f"ImpFlow residual, D={d}, {act}"] = (
+                lambda z, g=nets[1], t=target: z + g(z) - t,
+                target,
+            )
+    gen = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(64, 64, generator=gen, dtype=torch.float64))
+    a = q @ torch.diag(-0.99 + 0.2 * torch.rand(64, generator=gen, dtype=torch.float64)) @ q.T
+    y = 3 * torch.randn(256, 64, generator=gen, dtype=torch.float64)
+    a, y = a.to(dtype), y.to(dtype)
+    out["z + tanh(Az) = y, D=64"] = (lambda z: z + torch.tanh(z @ a.T) - y, y)
+    out["z + sin(Az) = y, D=64"] = (lambda z: z + torch.sin(z @ a.T) - y, y)
+    return out
+
+
+def solver_work() -> None:
+    """Anderson in float32 and Broyden's evaluation counts on hard problems."""
+    print("\nAnderson with its default regularisation, float32 (status, batched evaluations)")
+    print("| problem | outcome |\n|---|---|")
+    for name, (fn, z0) in _hard_problems(torch.float32).items():
+        try:
+            with torch.no_grad():
+                r = anderson(fn, z0, on_failure="ignore", max_iter=300)
+            outcome = f"{r.status.name.lower()}, {r.num_evals} evaluations"
+        except Exception as err:
+            outcome = f"raised {type(err).__module__}.{type(err).__name__}"
+        print(f"| {name} | {outcome} |")
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, None)):
+        print(f"\nBroyden, {dtype}, tolerance {tol or 'default'}: batched evaluations (converged)")
+        print("| problem | default | line_search='armijo' |\n|---|---|---|")
+        for name, (fn, z0) in _hard_problems(dtype).items():
+            cells = []
+            for kw in ({}, {"line_search": "armijo"}):
+                with torch.no_grad():
+                    r = broyden(fn, z0, atol=tol, rtol=tol, max_iter=300, on_failure="ignore", **kw)  # type: ignore[arg-type]
+                cells.append(f"{r.num_evals} ({float(r.converged.double().mean()):.2f})")
+            print(f"| {name} | {cells[0]} | {cells[1]} |")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     print(f"implicit_transforms from {implicit_transforms.__file__}")
+    sections = ARGS.sections.split(",")
+    if "gradients" in sections:
+        gradient_errors()
+    if "solvers" in sections:
+        solver_work()
+    if "optimizers" not in sections:
+        return
     print(
         f"{ARGS.steps} steps, lr {ARGS.lr}, D={ARGS.dim}, nets [32, 32]; largest certified Lip(g)"
     )

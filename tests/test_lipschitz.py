@@ -16,6 +16,7 @@ from implicit_transforms.lipschitz import (
     certify,
     conv_operator_norm_bound,
 )
+from implicit_transforms.lipschitz.spectral import circular_grid
 
 
 def _dense_conv_norm(weight: torch.Tensor, size: tuple[int, int]) -> float:
@@ -108,12 +109,50 @@ def test_state_dict_round_trip_and_buffers() -> None:
     assert torch.equal(a(x), b(x))
 
 
-def test_conv_norm_is_operator_norm_on_actual_size_and_recomputed() -> None:
+def _circular_norm(weight: torch.Tensor, size: tuple[int, int]) -> float:
+    grid = circular_grid(size, weight.shape[-1])
+    spec = torch.fft.fft2(weight, s=grid).permute(2, 3, 0, 1)
+    return float(torch.linalg.matrix_norm(spec, ord=2).max())
+
+
+@pytest.mark.parametrize("size", [(5, 5), (3, 4), (1, 1)])
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_circular_norm_bounds_the_zero_padded_convolution(
+    kernel: int, size: tuple[int, int]
+) -> None:
+    for _ in range(5):
+        weight = torch.randn(3, 2, kernel, kernel)
+        assert _circular_norm(weight, size) >= _dense_conv_norm(weight, size) * (1 - 1e-12)
+
+
+def test_exact_conv_norm_holds_at_every_call_on_the_actual_size() -> None:
     conv = SpectralConv2d(2, 3, 3, coeff=0.8)
+    assert conv.exact
+    for size in [(5, 5), (3, 4)]:
+        with torch.no_grad():
+            conv.weight.mul_(4.0)  # no forward in between: the next call must see it
+        conv(torch.randn(1, 2, *size))
+        assert conv.spatial_size == size
+        w = conv.normalized_weight().detach()
+        assert _circular_norm(w, size) == pytest.approx(0.8, rel=1e-9)
+        assert _dense_conv_norm(w, size) <= 0.8 * (1 + 1e-9)
+    (grad,) = torch.autograd.grad(conv.sigma(), conv.weight)  # derivative of the top value
+    eps = 1e-6
+    direction = torch.randn_like(conv.weight)
+    with torch.no_grad():
+        conv.weight.add_(eps * direction)
+    up = float(conv.sigma().detach())
+    with torch.no_grad():
+        conv.weight.sub_(2 * eps * direction)
+    down = float(conv.sigma().detach())
+    assert (up - down) / (2 * eps) == pytest.approx(float((grad * direction).sum()), rel=1e-5)
+
+
+def test_power_iteration_conv_norm_with_margin() -> None:
+    conv = SpectralConv2d(2, 3, 3, coeff=0.8, exact=False)
     with torch.no_grad():
         conv.weight.mul_(4.0)
     conv(torch.randn(1, 2, 5, 5))
-    assert conv.spatial_size == (5, 5)
     conv.refine(tol=1e-12)
     # The power-iteration estimate carries a safety margin: ||conv|| = c / (1 + margin).
     target = 0.8 / (1 + conv.margin)
@@ -126,6 +165,7 @@ def test_conv_norm_is_operator_norm_on_actual_size_and_recomputed() -> None:
     assert _dense_conv_norm(conv.normalized_weight().detach(), (3, 4)) == pytest.approx(
         target, rel=1e-6
     )
+    assert not SpectralConv2d(100, 100, 3).exact and SpectralConv2d(100, 100, 1).exact
 
 
 def test_conv_state_dict_adopts_saved_spatial_size() -> None:

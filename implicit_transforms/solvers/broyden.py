@@ -97,7 +97,7 @@ def broyden(
     *,
     atol: float | None = None,
     rtol: float | None = None,
-    max_iter: int = 50,
+    max_iter: int = 100,
     history: int = 40,
     line_search: LineSearch = "none",
     jacobian_guess: float = 1.0,
@@ -230,7 +230,7 @@ class Broyden(SolverConfig):
     """Configured :func:`broyden` solver, for composing into blocks (fields: its keyword
     arguments)."""
 
-    max_iter: int = 50
+    max_iter: int = 100
     history: int = 40
     line_search: LineSearch = "none"
     jacobian_guess: float = 1.0
