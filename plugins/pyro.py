@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -173,22 +173,38 @@ def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
     return [max(16, 8 * input_dim)] * 2 if hidden_dims is None else list(hidden_dims)
 
 
-def _block(
-    family: str,
-    input_dim: int,
-    hidden_dims: Sequence[int] | None,
-    context_dim: int | None,
-    options: BlockOptions | None,
-    changes: dict[str, Any],
-) -> InvertibleBlock:
-    return build_block(
-        family,
-        input_dim,
-        _hidden(hidden_dims, input_dim),
-        context_features=context_dim,
-        options=options,
-        **changes,
-    )
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class HelperFactory(Protocol[_T_co]):
+    """The signature of :func:`resflow`, :func:`iresnet` and :func:`impflow`."""
+
+    def __call__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        *,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> _T_co:
+        """Build the transform."""
+        ...
+
+
+class ConditionalHelperFactory(Protocol[_T_co]):
+    """The signature of the ``conditional_*`` helpers."""
+
+    def __call__(
+        self,
+        input_dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        *,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> _T_co:
+        """Build the conditional transform."""
+        ...
 
 
 _HELPER_ARGS = """
@@ -202,87 +218,67 @@ _HELPER_ARGS = """
             ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
             ``generator``): the same settings as the factories and the nflows transforms.
     """
-_CONDITIONAL_ARGS = _HELPER_ARGS.replace(
-    "        hidden_dims:",
-    "        context_dim: size of the context ``(*, C)``.\n        hidden_dims:",
+
+
+def _helper(family: str, cls: type[BlockTransformModule], summary: str) -> HelperFactory[Any]:
+    def helper(
+        input_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        *,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> BlockTransformModule:
+        hidden = _hidden(hidden_dims, input_dim)
+        return cls(build_block(family, input_dim, hidden, options=options, **changes))
+
+    helper.__name__ = helper.__qualname__ = family
+    helper.__doc__ = summary + _HELPER_ARGS
+    return helper
+
+
+def _conditional_helper(
+    family: str, cls: type[ConditionalBlockTransformModule], summary: str
+) -> ConditionalHelperFactory[Any]:
+    def helper(
+        input_dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        *,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> ConditionalBlockTransformModule:
+        hidden = _hidden(hidden_dims, input_dim)
+        block = build_block(
+            family, input_dim, hidden, context_features=context_dim, options=options, **changes
+        )
+        return cls(block)
+
+    helper.__name__ = helper.__qualname__ = f"conditional_{family}"
+    helper.__doc__ = summary + _HELPER_ARGS.replace(
+        "        hidden_dims:",
+        "        context_dim: size of the context ``(*, C)``.\n        hidden_dims:",
+    )
+    return helper
+
+
+resflow: HelperFactory[ResFlow] = _helper(
+    "resflow", ResFlow, "Residual Flow transform on ``(*, input_dim)``."
 )
-
-
-def resflow(
-    input_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ResFlow:
-    return ResFlow(_block("resflow", input_dim, hidden_dims, None, options, changes))
-
-
-def iresnet(
-    input_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> IResNet:
-    return IResNet(_block("iresnet", input_dim, hidden_dims, None, options, changes))
-
-
-def impflow(
-    input_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ImpFlow:
-    return ImpFlow(_block("impflow", input_dim, hidden_dims, None, options, changes))
-
-
-def conditional_resflow(
-    input_dim: int,
-    context_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ConditionalResFlow:
-    return ConditionalResFlow(
-        _block("resflow", input_dim, hidden_dims, context_dim, options, changes)
-    )
-
-
-def conditional_iresnet(
-    input_dim: int,
-    context_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ConditionalIResNet:
-    return ConditionalIResNet(
-        _block("iresnet", input_dim, hidden_dims, context_dim, options, changes)
-    )
-
-
-def conditional_impflow(
-    input_dim: int,
-    context_dim: int,
-    hidden_dims: Sequence[int] | None = None,
-    *,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ConditionalImpFlow:
-    return ConditionalImpFlow(
-        _block("impflow", input_dim, hidden_dims, context_dim, options, changes)
-    )
-
-
-resflow.__doc__ = "Residual Flow transform on ``(*, input_dim)``." + _HELPER_ARGS
-iresnet.__doc__ = "i-ResNet transform on ``(*, input_dim)``." + _HELPER_ARGS
-impflow.__doc__ = "ImpFlow transform on ``(*, input_dim)``." + _HELPER_ARGS
-conditional_resflow.__doc__ = "Conditional Residual Flow transform." + _CONDITIONAL_ARGS
-conditional_iresnet.__doc__ = "Conditional i-ResNet transform." + _CONDITIONAL_ARGS
-conditional_impflow.__doc__ = "Conditional ImpFlow transform." + _CONDITIONAL_ARGS
+iresnet: HelperFactory[IResNet] = _helper(
+    "iresnet", IResNet, "i-ResNet transform on ``(*, input_dim)``."
+)
+impflow: HelperFactory[ImpFlow] = _helper(
+    "impflow", ImpFlow, "ImpFlow transform on ``(*, input_dim)``."
+)
+conditional_resflow: ConditionalHelperFactory[ConditionalResFlow] = _conditional_helper(
+    "resflow", ConditionalResFlow, "Conditional Residual Flow transform."
+)
+conditional_iresnet: ConditionalHelperFactory[ConditionalIResNet] = _conditional_helper(
+    "iresnet", ConditionalIResNet, "Conditional i-ResNet transform."
+)
+conditional_impflow: ConditionalHelperFactory[ConditionalImpFlow] = _conditional_helper(
+    "impflow", ConditionalImpFlow, "Conditional ImpFlow transform."
+)
 
 
 _Shape = torch.Size | list[int] | tuple[int, ...]

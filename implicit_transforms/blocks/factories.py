@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, TypeVar
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.implicit import ImplicitBlock
@@ -12,7 +12,14 @@ from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
 
-__all__ = ["build_block", "impflow_block", "iresnet_block", "lipschitz_net", "resflow_block"]
+__all__ = [
+    "BlockFactory",
+    "build_block",
+    "impflow_block",
+    "iresnet_block",
+    "lipschitz_net",
+    "resflow_block",
+]
 
 
 def lipschitz_net(
@@ -91,7 +98,27 @@ def build_block(
     return ResidualBlock(nets[0], **common)
 
 
-_SIGNATURE_DOC = """
+_B_co = TypeVar("_B_co", bound=InvertibleBlock, covariant=True)
+
+
+class BlockFactory(Protocol[_B_co]):
+    """The signature of :func:`iresnet_block`, :func:`resflow_block` and :func:`impflow_block`."""
+
+    def __call__(
+        self,
+        event_shape: int | Sequence[int],
+        hidden: int | Sequence[int] = (64, 64),
+        *,
+        context_features: int | None = None,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> _B_co:
+        """Build the block."""
+        ...
+
+
+_ARGS_DOC = """
+
     Args:
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
         hidden: hidden sizes (MLP) or hidden channels (CNN).
@@ -104,72 +131,41 @@ _SIGNATURE_DOC = """
 """
 
 
-def iresnet_block(
-    event_shape: int | Sequence[int],
-    hidden: int | Sequence[int] = (64, 64),
-    *,
-    context_features: int | None = None,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ResidualBlock:
-    block = build_block(
-        "iresnet",
-        event_shape,
-        hidden,
-        context_features=context_features,
-        options=options,
-        **changes,
-    )
-    return cast(ResidualBlock, block)
+def _factory(family: str, summary: str) -> BlockFactory[Any]:
+    def factory(
+        event_shape: int | Sequence[int],
+        hidden: int | Sequence[int] = (64, 64),
+        *,
+        context_features: int | None = None,
+        options: BlockOptions | None = None,
+        **changes: Any,
+    ) -> InvertibleBlock:
+        return build_block(
+            family,
+            event_shape,
+            hidden,
+            context_features=context_features,
+            options=options,
+            **changes,
+        )
+
+    factory.__name__ = factory.__qualname__ = f"{family}_block"
+    factory.__doc__ = summary + _ARGS_DOC
+    return factory
 
 
-def resflow_block(
-    event_shape: int | Sequence[int],
-    hidden: int | Sequence[int] = (64, 64),
-    *,
-    context_features: int | None = None,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ResidualBlock:
-    block = build_block(
-        "resflow",
-        event_shape,
-        hidden,
-        context_features=context_features,
-        options=options,
-        **changes,
-    )
-    return cast(ResidualBlock, block)
-
-
-def impflow_block(
-    event_shape: int | Sequence[int],
-    hidden: int | Sequence[int] = (64, 64),
-    *,
-    context_features: int | None = None,
-    options: BlockOptions | None = None,
-    **changes: Any,
-) -> ImplicitBlock:
-    block = build_block(
-        "impflow",
-        event_shape,
-        hidden,
-        context_features=context_features,
-        options=options,
-        **changes,
-    )
-    return cast(ImplicitBlock, block)
-
-
-iresnet_block.__doc__ = (
+iresnet_block: BlockFactory[ResidualBlock] = _factory(
+    "iresnet",
     "i-ResNet block: ELU network (c = 0.9), truncated power series (5 terms, Hutchinson),\n"
-    "    fixed-point inverse.\n" + _SIGNATURE_DOC
+    "    fixed-point inverse.",
 )
-resflow_block.__doc__ = (
+resflow_block: BlockFactory[ResidualBlock] = _factory(
+    "resflow",
     "Residual Flow block: LipSwish network (c = 0.97), unbiased roulette log-det with\n"
-    "    Neumann gradient, fixed-point inverse.\n" + _SIGNATURE_DOC
+    "    Neumann gradient, fixed-point inverse.",
 )
-impflow_block.__doc__ = (
+impflow_block: BlockFactory[ImplicitBlock] = _factory(
+    "impflow",
     "ImpFlow block: two LipSwish networks (c = 0.97), Broyden in both directions, roulette\n"
-    "    log-det.\n" + _SIGNATURE_DOC
+    "    log-det.",
 )
