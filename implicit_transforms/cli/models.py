@@ -127,6 +127,7 @@ def build_flow(
             solver=make_solver(cfg),
             logdet_train=make_logdet(cfg, generator),
             logdet_eval=logdet_eval,
+            compile=cfg.compile,
         )
         layers.append(BlockTransform(block))
     return Flow(CompositeTransform(layers), StandardNormal([features]))
