@@ -417,7 +417,7 @@ def section_compile(repeats: int) -> list[tuple[str, str]]:
         "eager": train_step(lambda x: -eager.log_prob(x).mean(), eager.parameters(), data, 256),
         "compiled": train_step(
             lambda x: -compiled.log_prob(x).mean(), compiled.parameters(), data, 256
-        ),  # fmt: skip
+        ),
     }
     steps["compiled"]()
     first = time.perf_counter() - t0
