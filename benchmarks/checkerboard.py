@@ -7,6 +7,8 @@ same data, for the same number of steps, and evaluated on the same test split wi
 same shape, so ImpFlow-4 (two networks per block) and ResFlow-8 have the same parameter count.
 
     .venv/bin/python benchmarks/checkerboard.py --steps 15000 --jobs 2
+    .venv/bin/python benchmarks/checkerboard.py --preset paper --cpu-minutes 60 \\
+        --steps 1000000 --n-samples 1000000 --out benchmarks/results/checkerboard-paper
 
 writes ``benchmarks/results/checkerboard/{resflow8,impflow4}/`` (run directories with
 report.json and figure.png), ``checkerboard.json`` and ``checkerboard.md`` (the table).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,13 +33,38 @@ MODELS = {
 }
 
 
+PRESETS: dict[str, list[str]] = {
+    # round 1's settings (ActNorm, batch 256, roulette log-det, EMA, cosine schedule)
+    "round1": ["--batch-size", "256", "--ema", "0.999", "--eval-every", "1000"],
+    # the official ImpFlow toy script: exact 2-D log-det in training, batch 5000, coeff 0.99,
+    # [128, 128] sine networks, Adam lr 1e-3 with weight decay 1e-5, constant learning rate,
+    # no ActNorm, no EMA (its default is 50,000 iterations)
+    "paper": [
+        "--batch-size", "5000", "--logdet", "exact", "--coeff", "0.99", "--weight-decay", "1e-5",
+        "--schedule", "constant", "--warmup", "0", "--no-actnorm", "--eval-every", "250",
+        "--eval-batch-size", "5000",
+    ],
+}  # fmt: skip
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15000)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="round1")
+    parser.add_argument("--steps", type=int, default=15000, help="step limit of each model")
+    parser.add_argument(
+        "--cpu-minutes",
+        type=float,
+        default=None,
+        help="stop each model after this much CPU time and evaluate its best validated weights",
+    )
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
-    parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--n-samples", type=int, default=100_000)
     parser.add_argument("--jobs", type=int, default=2, help="models trained at the same time")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "checkerboard")
@@ -46,13 +74,13 @@ def main() -> None:
     if not args.table_only:
         common = [
             "--dataset", "checkerboard", "--n-samples", str(args.n_samples), "--steps", str(args.steps),
-            "--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
-            "--lr", str(args.lr), "--ema", str(args.ema), "--eval-every", "1000",
-            "--seed", "0", "--data-seed", "0", "--no-progress", "--overwrite",
+            "--hidden", *map(str, args.hidden), "--lr", str(args.lr), "--seed", "0",
+            "--data-seed", "0", "--no-progress", "--overwrite", *PRESETS[args.preset],
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         pending = list(MODELS.items())
         running: list[tuple[str, subprocess.Popen[bytes], float]] = []
+        cpu: dict[str, float] = {}
         while pending or running:
             while pending and len(running) < args.jobs:
                 name, flags = pending.pop(0)
@@ -60,24 +88,32 @@ def main() -> None:
                        "--run-dir", str(args.out / name)]  # fmt: skip
                 log = (args.out / f"{name}.log").open("wb")
                 print("running:", " ".join(cmd[1:]), flush=True)
-                running.append(
-                    (
-                        name,
-                        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env),
-                        time.time(),
-                    )
-                )
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running.append((name, proc, time.time()))
             time.sleep(5)
             for item in list(running):
                 name, proc, start = item
-                if proc.poll() is not None:
-                    running.remove(item)
-                    print(
-                        f"{name}: exit {proc.returncode} after {time.time() - start:.0f} s",
-                        flush=True,
-                    )
-                    if proc.returncode != 0:
-                        sys.exit(f"{name} failed; see {args.out / (name + '.log')}")
+                if proc.poll() is None:
+                    cpu[name] = _cpu_seconds(proc.pid)
+                    if args.cpu_minutes is not None and cpu[name] > 60 * args.cpu_minutes:
+                        proc.send_signal(signal.SIGINT)  # the trainer keeps its checkpoints
+                        proc.wait()
+                    else:
+                        continue
+                running.remove(item)
+                print(f"{name}: exit {proc.returncode} after {time.time() - start:.0f} s, "
+                      f"{cpu.get(name, 0) / 60:.1f} CPU-minutes", flush=True)  # fmt: skip
+                if args.cpu_minutes is not None:  # (re-)evaluate the best validated weights
+                    if not (args.out / name / "best.pt").is_file():
+                        sys.exit(f"{name}: no validation finished within the CPU budget")
+                    subprocess.run(
+                        [sys.executable, "-m", "implicit_transforms", "evaluate",
+                         str(args.out / name), "--checkpoint", "best"],
+                        check=True, env=env,
+                    )  # fmt: skip
+                elif proc.returncode != 0:
+                    sys.exit(f"{name} failed; see {args.out / (name + '.log')}")
+                (args.out / name / "cpu_minutes.txt").write_text(f"{cpu.get(name, 0) / 60:.2f}\n")
     write_table(args.out)
 
 
@@ -86,9 +122,10 @@ def write_table(out: Path) -> None:
     for name in MODELS:
         r = json.loads((out / name / "report.json").read_text())
         lines = (out / name / "metrics.jsonl").read_text().splitlines()
-        curve = [
-            (v["step"], round(v["val_bits"], 4)) for v in map(json.loads, lines) if "val_bits" in v
-        ]
+        records = [json.loads(line) for line in lines]
+        curve = [(v["step"], round(v["val_bits"], 4)) for v in records if "val_bits" in v]
+        cpu_file = out / name / "cpu_minutes.txt"
+        cpu_minutes = float(cpu_file.read_text()) if cpu_file.is_file() else None
         rows.append(
             {
                 "model": name,
@@ -96,9 +133,10 @@ def write_table(out: Path) -> None:
                 "test_bits_stderr": r["test"]["nll_bits_stderr"],
                 "paper_bits": PAPER_BITS[name],
                 "parameters": r["parameters"],
-                "steps": r["steps"],
+                "steps": r.get("steps", max(v["step"] for v in records)),
                 "best_step": r["best_step"],
-                "train_wall_time_s": r["wall_time_s"],
+                "train_wall_time_s": r.get("wall_time_s"),
+                "cpu_minutes": cpu_minutes,
                 "forward_solver_iters": r["solver_iterations"]["forward_mean"],
                 "inverse_solver_iters": r["solver_iterations"]["inverse_mean"],
                 "reconstruction_error_max": r["reconstruction_error"]["max"],
@@ -112,13 +150,14 @@ def write_table(out: Path) -> None:
     )
     fmt = lambda v: "explicit" if v is None else f"{v:.1f}"  # noqa: E731
     lines = [
-        "| model | test bits (± s.e.) | paper | parameters | steps | train time (s) | mean fwd / inv solver iters |",
+        "| model | test bits (± s.e.) | paper | parameters | steps (best) | CPU minutes | mean fwd / inv solver iters |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        cpu = "n/a" if r["cpu_minutes"] is None else f"{r['cpu_minutes']:.1f}"
         lines.append(
             f"| {r['model']} | {r['test_bits']:.3f} ± {r['test_bits_stderr']:.3f} | {r['paper_bits']:.2f} | "
-            f"{r['parameters']} | {r['steps']} | {r['train_wall_time_s']:.0f} | "
+            f"{r['parameters']} | {r['steps']} ({r['best_step']}) | {cpu} | "
             f"{fmt(r['forward_solver_iters'])} / {fmt(r['inverse_solver_iters'])} |"
         )
     table = "\n".join(lines) + "\n"

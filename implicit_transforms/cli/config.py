@@ -19,7 +19,7 @@ from implicit_transforms.cli.data import TOY_DATASETS
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
 
-MODELS = ("impflow", "resflow", "iresnet", "rq-coupling")
+MODELS = ("impflow", "resflow", "iresnet", "rq-coupling", "rq-impflow")
 SOLVERS = ("broyden", "anderson", "fixed-point")
 LOGDETS = ("roulette", "power-series", "exact")
 ACTIVATIONS = ("lipswish", "sin", "elu")
@@ -43,6 +43,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
         "logdet": "power-series",
     },
     "rq-coupling": {},
+    # nflows RQ coupling layers alternating with ImpFlow blocks (coupling first)
+    "rq-impflow": {"coeff": 0.97, "activation": "sin", "solver": "broyden", "logdet": "roulette"},
 }
 
 
@@ -61,7 +63,11 @@ class TrainConfig:
     test_fraction: float = _f(0.1, "fraction of the data held out for the final test")
     data_seed: int = _f(0, "seed of the data sampler and of the train/validation/test split")
     # model
-    model: str = _f("impflow", "flow family", choices=MODELS)
+    model: str = _f(
+        "impflow",
+        "flow family (rq-impflow: nflows RQ coupling layers alternating with ImpFlow blocks)",
+        choices=MODELS,
+    )
     blocks: int = _f(4, "number of flow blocks")
     hidden: tuple[int, ...] = _f((64, 64), "hidden layer sizes of each network", nargs="+")
     coeff: float | None = _f(None, "Lipschitz coefficient per layer, in (0, 1)")

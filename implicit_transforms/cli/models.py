@@ -113,13 +113,16 @@ def build_flow(
         if cfg.model == "rq-coupling":
             layers.append(_rq_coupling(cfg, features, even=i % 2 == 0))
             continue
+        if cfg.model == "rq-impflow" and i % 2 == 0:  # couplings alternate their masks
+            layers.append(_rq_coupling(cfg, features, even=i % 4 == 0))
+            continue
         logdet_eval = None
         if features > EXACT_LOGDET_MAX_DIM:  # a high-precision estimate for evaluation
             logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
         if cfg.coeff is None or cfg.activation is None or cfg.solver is None or cfg.logdet is None:
             raise ValueError("build_flow needs a resolved config: pass cfg.resolved()")
         block = build_block(
-            cfg.model,
+            "impflow" if cfg.model == "rq-impflow" else cfg.model,
             features,
             list(cfg.hidden),
             coeff=cfg.coeff,

@@ -46,8 +46,8 @@ class LipschitzNet(nn.Module):
         """Evaluate ``g(x; context)``; ``x: (B, *event)``, ``context: (B, C)`` (or ``None``).
 
         The layers' weights are normalised first (eagerly: that step reads the weights'
-        content), then the pure chain :meth:`evaluate` runs, compiled if
-        :meth:`compile_evaluation` was called.
+        content), then the pure chain :meth:`evaluate` runs, through its compiled version
+        (:meth:`compile_evaluation`) when no autograd graph is being recorded.
         """
         if self.context_net is not None:
             if context is None:
@@ -62,8 +62,12 @@ class LipschitzNet(nn.Module):
             ctx_bias = None
         spatial = tuple(x.shape[-2:]) if self.event_dims == 3 else None
         weights = [layer.prepare(spatial) for layer in self._normalised_layers()]
-        run = self._compiled if self._compiled is not None else self.evaluate
-        return run(x, weights, ctx_bias)
+        # Compiled code serves the evaluations without autograd (solver iterations, sampling):
+        # evaluations that record a graph feed log-det estimators whose gradients need a
+        # double backward, which compiled (AOT autograd) graphs do not support.
+        if self._compiled is not None and not torch.is_grad_enabled():
+            return self._compiled(x, weights, ctx_bias)
+        return self.evaluate(x, weights, ctx_bias)
 
     def evaluate(self, x: Tensor, weights: list[Tensor], ctx_bias: Tensor | None) -> Tensor:
         """The pure network evaluation with given (normalised) weights: no data-dependent
@@ -86,7 +90,8 @@ class LipschitzNet(nn.Module):
         return list(self.layers)  # type: ignore[arg-type]
 
     def compile_evaluation(self, **options: Any) -> LipschitzNet:
-        """Use ``torch.compile(self.evaluate, dynamic=True, **options)`` for every evaluation.
+        """Use ``torch.compile(self.evaluate, dynamic=True, **options)`` for the evaluations
+        made without autograd (solver iterations, sampling, evaluation-mode solves).
 
         Only the pure chain is compiled; normalising the weights stays eager (it compares the
         weights' content and may run an eigen-decomposition). Shapes are dynamic because a
@@ -99,7 +104,9 @@ class LipschitzNet(nn.Module):
         # through one graph (retain_graph=True), so a compiled backward must not donate (free)
         # its buffers after the first. The setting is process-wide and read when a backward
         # runs: opting into compilation turns donation off for the process.
-        torch._functorch.config.donated_buffer = False
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False
         self._compiled = torch.compile(self.evaluate, **options)
         return self
 
