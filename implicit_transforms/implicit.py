@@ -44,7 +44,7 @@ def attach_implicit_grad(
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
     on_solve: Callable[[SolverResult], None] | None = None,
-    adjoint_start: InverseJacobian | None = None,
+    adjoint_start: InverseJacobian | Callable[[], InverseJacobian] | None = None,
 ) -> Tensor:
     r"""Return ``root`` with implicit-function-theorem gradients attached.
 
@@ -71,8 +71,9 @@ def attach_implicit_grad(
             :class:`~implicit_transforms.solvers.SolverResult` (its ``root`` in the scaled
             units) in the backward pass.
         adjoint_start: an approximation of ``(dF/dz)^{-T}`` per sample to start a Broyden
-            adjoint solve from (:func:`solve_implicit` passes the transpose of the forward
-            Broyden solve's final inverse Jacobian).
+            adjoint solve from, or a function building it in the backward pass
+            (:func:`solve_implicit` passes the transpose of the forward Broyden solve's final
+            inverse Jacobian, built only if a backward pass happens).
 
     Returns:
         A tensor equal to ``root`` whose gradients are the implicit ones. Without grad mode,
@@ -115,9 +116,8 @@ def attach_implicit_grad(
             return w - jtw - target
 
         if adjoint_start is not None and isinstance(solver, Broyden):
-            result = solver(
-                adjoint_residual, target, event_dims=event_dims, inverse_jacobian=adjoint_start
-            )
+            start = adjoint_start() if callable(adjoint_start) else adjoint_start
+            result = solver(adjoint_residual, target, event_dims=event_dims, inverse_jacobian=start)
         else:
             result = solver(adjoint_residual, target, event_dims=event_dims)
         if on_solve is not None:
@@ -174,9 +174,8 @@ def solve_implicit(
     result = solver(residual, z0.detach(), event_dims=event_dims)
     # The forward Broyden's H approximates (dF/dz)^{-1}; the adjoint system's Jacobian is
     # (dF/dz)^T, so H^T is a warm start for it.
-    start = None
-    if result.inverse_jacobian is not None and torch.is_grad_enabled():
-        start = result.inverse_jacobian.transpose()
+    forward_h = result.inverse_jacobian
+    start = None if forward_h is None else forward_h.transpose  # built in the backward pass
     z = attach_implicit_grad(
         residual,
         result.root,

@@ -115,8 +115,8 @@ _ARGS = """
 
 class ResFlowTransform(_FamilyTransform):
     __doc__ = (
-        "Residual Flow block (LipSwish, unbiased roulette log-det, Neumann gradient, fixed-point "
-        "inverse)." + _ARGS
+        "Residual Flow block (sine networks, unbiased roulette log-det, Neumann gradient, "
+        "fixed-point inverse)." + _ARGS
     )
     _family = "resflow"
 
@@ -127,5 +127,5 @@ class IResNetTransform(_FamilyTransform):
 
 
 class ImpFlowTransform(_FamilyTransform):
-    __doc__ = "ImpFlow block (two LipSwish networks, Broyden both ways, roulette log-det)." + _ARGS
+    __doc__ = "ImpFlow block (two sine networks, Broyden both ways, roulette log-det)." + _ARGS
     _family = "impflow"

@@ -103,12 +103,19 @@ class BlockTransformModule(TransformModule):
             self._logdet_cache = (x, y, ld)
 
     def _call(self, x: Tensor) -> Tensor:
+        # With autograd recording (an ELBO is being built) the log-det follows at once: compute
+        # it in the same pass. Without (sampling), skip it: Pyro asks for it separately, and
+        # log_abs_det_jacobian computes it from the cached pair when it does.
+        if not torch.is_grad_enabled():
+            return self.block.forward_map(x, self.context)
         y, ld = self.block.forward_and_logdet(x, self.context)
         self._remember(x, y, ld)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         self.num_inverse_solves += 1
+        if not torch.is_grad_enabled():
+            return self.block.inverse_map(y, self.context)
         x, ld_inv = self.block.inverse_and_logdet(y, self.context)
         self._remember(x, y, -ld_inv)
         return x

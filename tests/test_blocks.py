@@ -324,3 +324,23 @@ def test_factories_take_activation_and_training_estimator() -> None:
             ]
         )
         assert torch.allclose(ld, torch.linalg.slogdet(jac)[1], atol=1e-9)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_output_only_maps_match_and_skip_the_logdet(name: str) -> None:
+    case = CASES[name]
+    block = _block(name)
+    x, ctx = _inputs(case)
+    y, _ = block.forward_and_logdet(x, ctx)
+    calls = {"n": 0}
+    estimator = block.estimator
+
+    def counting(numel: int):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return estimator(numel)
+
+    block.estimator = counting  # type: ignore[method-assign]
+    assert torch.equal(block.forward_map(x, ctx), y)
+    x_back = block.inverse_map(y, ctx)
+    assert torch.allclose(x_back, x, atol=1e-10)
+    assert calls["n"] == 0

@@ -249,3 +249,26 @@ def test_block_transform_module_validates() -> None:
         BlockTransformModule(resflow(2).block, cache_size=2)
     ct = conditional_resflow(2, 1)
     assert ct.condition(torch.zeros(1)).block is ct.block
+
+
+def test_sampling_skips_the_logdet_and_scoring_stays_exact() -> None:
+    t = impflow(3, [16])
+    t.eval()
+    q = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), [t])
+    calls = {"n": 0}
+    estimator = t.block.estimator
+
+    def counting(numel: int):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return estimator(numel)
+
+    t.block.estimator = counting  # type: ignore[method-assign]
+    with torch.no_grad():
+        z = q.sample((50,))
+        assert calls["n"] == 0  # sampling: the solve only
+        lp = q.log_prob(z)  # cache hit: the pair is known, the log-det is computed now
+    assert calls["n"] == 1 and t.num_inverse_solves == 0
+    t.clear_cache()
+    with torch.no_grad():
+        lp_solved = q.log_prob(z.clone())  # cache miss: inverse solve, then the log-det
+    assert torch.allclose(lp, lp_solved, atol=1e-9)

@@ -34,6 +34,7 @@ class InvertibleBlock(nn.Module):
       ``logdet = log|det dx/dy| = -`` the forward log-det at ``x``;
     * ``logdet(x, context=None)``: the forward log-det at ``x`` without any inverse solve;
     * ``logdet_pair(x, y, context=None)``: the same when ``y`` is known, without any solve;
+    * ``forward_map(x)`` / ``inverse_map(y)``: the outputs alone, skipping every log-det;
     * ``context``: ``(*, C)`` or any shape broadcastable to it, or ``None``;
     * ``last_solve``: the :class:`~implicit_transforms.solvers.SolverResult` of the most
       recent solve (``None`` before any); ``last_adjoint_solve``: the same for the most recent
@@ -203,6 +204,14 @@ class InvertibleBlock(nn.Module):
     def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward log-det at ``x``, shape ``(*)``, without an inverse solve."""
         raise NotImplementedError
+
+    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``y`` alone, without any log-det work (sampling paths that never read it)."""
+        return self.forward_and_logdet(x, context)[0]
+
+    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x`` alone, without any log-det work."""
+        return self.inverse_and_logdet(y, context)[0]
 
     def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward log-det at ``x`` when ``y`` (its image) is known too: never solves.

@@ -164,11 +164,12 @@ iresnet_block: BlockFactory[ResidualBlock] = _factory(
 )
 resflow_block: BlockFactory[ResidualBlock] = _factory(
     "resflow",
-    "Residual Flow block: LipSwish network (c = 0.97), unbiased roulette log-det with\n"
-    "    Neumann gradient, fixed-point inverse.",
+    "Residual Flow block: sine network (c = 0.97; the paper's LipSwish with\n"
+    "    ``activation='lipswish'``), unbiased roulette log-det with Neumann gradient, fixed-point\n"
+    "    inverse.",
 )
 impflow_block: BlockFactory[ImplicitBlock] = _factory(
     "impflow",
-    "ImpFlow block: two LipSwish networks (c = 0.97), Broyden in both directions, roulette\n"
-    "    log-det.",
+    "ImpFlow block: two sine networks (c = 0.97; LipSwish with ``activation='lipswish'``),\n"
+    "    Broyden in both directions, roulette log-det.",
 )

@@ -121,6 +121,39 @@ class ImplicitBlock(InvertibleBlock):
         x, ld, _ = self._map(flat, ctx, self._g(self.net_z, ctx), self._g(self.net_x, ctx))
         return x.reshape(y.shape), ld.reshape(batch)
 
+    def _solve_only(self, src: Tensor, g_src: _NetOnRows, g_dst: _NetOnRows) -> Tensor:
+        with self.frozen():
+            target = src + g_src(src)
+
+            def residual(t: Tensor, rows: Tensor | None) -> Tensor:
+                if rows is None:
+                    return t + g_dst(t) - target
+                return t + g_dst(t, rows) - target[rows]
+
+            dst, self.last_solve = solve_implicit(
+                rowwise(residual),
+                target.detach(),
+                solver=self.solver,
+                adjoint_solver=self.adjoint_solver,
+                event_dims=self.event_dims,
+                on_adjoint_solve=self._record_adjoint,
+            )
+        return dst
+
+    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``z`` only: the solve, without either log-det term."""
+        flat, ctx, _ = self._flatten(x, context, "x")
+        return self._solve_only(flat, self._g(self.net_x, ctx), self._g(self.net_z, ctx)).reshape(
+            x.shape
+        )
+
+    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x`` only: the solve, without either log-det term."""
+        flat, ctx, _ = self._flatten(y, context, "y")
+        return self._solve_only(flat, self._g(self.net_z, ctx), self._g(self.net_x, ctx)).reshape(
+            y.shape
+        )
+
     def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
         """``log det(I + J_gx(x)) - log det(I + J_gz(y))`` for a known pair ``y = f(x)``: no solve."""
         flat_x, ctx, batch = self._flatten(x, context, "x")

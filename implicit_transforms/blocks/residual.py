@@ -81,6 +81,25 @@ class ResidualBlock(InvertibleBlock):
         """``log det(I + J_g(x))``, shape ``(*)``."""
         return self.forward_and_logdet(x, context)[1]
 
+    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``y = x + g(x)`` only: one network evaluation."""
+        flat, ctx, _ = self._flatten(x, context, "x")
+        return (flat + self.net(flat, ctx)).reshape(x.shape)
+
+    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """The solve of ``x + g(x) = y`` only."""
+        flat, ctx, _ = self._flatten(y, context, "y")
+        with self.frozen():
+            x, self.last_solve = solve_implicit(
+                self._residual(flat, ctx),
+                flat.detach(),
+                solver=self.solver,
+                adjoint_solver=self.adjoint_solver,
+                event_dims=self.event_dims,
+                on_adjoint_solve=self._record_adjoint,
+            )
+        return x.reshape(y.shape)
+
     def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Solve ``x + g(x) = y``; log-det ``-log det(I + J_g(x))``."""
         flat, ctx, batch = self._flatten(y, context, "y")
