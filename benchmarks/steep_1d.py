@@ -67,9 +67,11 @@ def fit(model: nn.Module, steps: int, lr: float = 5e-3, seed: int = 0) -> tuple[
 
 
 def build(kind: str, n_blocks: int, hidden: int = 32) -> nn.Module:
-    """``kind`` is 'resflow' or 'impflow'."""
+    """``kind`` is 'resflow' or 'impflow'; the papers' LipSwish networks (the recorded runs)."""
     factory = resflow_block if kind == "resflow" else impflow_block
-    return Stack([factory(1, [hidden, hidden], coeff=0.97) for _ in range(n_blocks)])
+    return Stack(
+        [factory(1, [hidden, hidden], coeff=0.97, activation="lipswish") for _ in range(n_blocks)]
+    )
 
 
 def main() -> None:
