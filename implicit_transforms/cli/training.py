@@ -268,13 +268,14 @@ def train(
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     state: dict[str, Any] = {"step": 0, "best_step": None, "best_val_nll": math.inf, "wall": 0.0}
 
-    def batch(step: int) -> tuple[Tensor, Tensor | None]:
+    def batch(step: int, share: bool = True) -> tuple[Tensor, Tensor | None]:
+        """This process's share of the global batch of ``step`` (or all of it)."""
         idx = batch_indices(step, n, cfg.batch_size, cfg.seed)
         noise = session.noise((len(idx), *data.shape[1:]), noise_seed(cfg.seed, step))
-        mine = idx.chunk(world.size)[world.rank]
-        if noise is not None:
-            noise = noise.chunk(world.size)[world.rank]
-        return session.to_model(train_data[mine.to(session.device)]), noise
+        if share:
+            idx = idx.chunk(world.size)[world.rank]
+            noise = None if noise is None else noise.chunk(world.size)[world.rank]
+        return session.to_model(train_data[idx.to(session.device)]), noise
 
     def checkpoint() -> None:
         if not world.main:
@@ -317,7 +318,7 @@ def train(
             log(f"resuming {run.root} from step {state['step']}")
     else:
         # Data-dependent initialisation on the first global batch, identically on every rank.
-        x0, u0 = batch(0)
+        x0, u0 = batch(0, share=False)
         session.generator.manual_seed(step_seed(cfg.seed, -1, world.rank))
         with torch.no_grad():
             initialize_actnorm(flow, flow_input(session, x0, u0))
