@@ -53,9 +53,10 @@ __all__ = [
     "level_shapes",
 ]
 
-LevelBuilder = Callable[[int, tuple[int, int, int]], Transform]
-"""``(level, (C, H, W)) -> Transform``: the steps of one level, acting on ``(B, C, H, W)``
-after the level's squeeze and keeping that shape."""
+LevelBuilder = Callable[[int, tuple[int, int, int]], "Transform | None"]
+"""``(level, (C, H, W)) -> Transform | None``: the steps of one level (0-based), acting on
+``(B, C, H, W)`` after the level's squeeze and keeping that shape; ``None`` keeps the default
+blocks for that level."""
 
 
 class LogitTransform(Transform):
@@ -203,8 +204,9 @@ def image_flow(
         context_features: size of a context vector (e.g. one-hot labels), or ``None``. The
             blocks take it as an additive bias and the base is a diagonal normal whose mean and
             log-scale are linear in the context.
-        level_transform: ``(level, (C, H, W)) -> Transform`` replacing the default steps of
-            every level (e.g. nflows coupling layers); ``None`` for the blocks.
+        level_transform: ``(level, (C, H, W)) -> Transform | None`` replacing the default
+            steps of a level (0-based) by any nflows layers (e.g. coupling layers); returning
+            ``None`` keeps the default blocks for that level.
         options: :class:`~implicit_transforms.blocks.BlockOptions` of every block.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change.
 
@@ -218,7 +220,7 @@ def image_flow(
         estimation using Real NVP", 2017 (multiscale, logit).
     """
     shapes = level_shapes(shape, levels, squeeze_first=squeeze_first)
-    _check_positive("blocks_per_level", blocks_per_level, 0 if level_transform else 1)
+    _check_positive("blocks_per_level", blocks_per_level)
     _check_positive("hidden_channels", hidden_channels)
     _check_positive("fc_blocks", fc_blocks, 0)
     if context_features is not None:
@@ -238,7 +240,15 @@ def image_flow(
             steps.append(BlockTransform(block))
         return CompositeTransform(steps)
 
-    make_level = level_transform or default_level
+    def make_level(level: int, lshape: tuple[int, int, int]) -> Transform:
+        custom = None if level_transform is None else level_transform(level, lshape)
+        if custom is not None and not isinstance(custom, Transform):
+            raise TypeError(
+                f"level_transform must return an nflows Transform or None, got "
+                f"{type(custom).__name__} for level {level}"
+            )
+        return custom if custom is not None else default_level(level, lshape)
+
     multiscale = MultiscaleCompositeTransform(levels, split_dim=1)
     for level, lshape in enumerate(shapes):
         parts: list[Transform] = []

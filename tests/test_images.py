@@ -186,16 +186,14 @@ def _glow_level(level: int, shape: tuple[int, int, int]) -> Transform:
 def test_nflows_coupling_layers_swap_in_at_any_level() -> None:
     shape = (1, 4, 4)
     for swap in (0, 1):
-        blocks = image_flow(shape, "impflow", levels=2, blocks_per_level=1, hidden_channels=6)
-
-        def mixed(level: int, lshape: tuple[int, int, int], ref=blocks, swap=swap) -> Transform:  # type: ignore[no-untyped-def]
-            if level == swap:
-                return _glow_level(level, lshape)
-            return ref._transform._transforms[1]._transforms[level]._transforms[-1]
-
-        flow = image_flow(shape, "impflow", levels=2, level_transform=mixed)
+        flow = image_flow(shape, "impflow", levels=2, blocks_per_level=1, hidden_channels=6,
+                          level_transform=lambda level, s, k=swap: _glow_level(level, s) if level == k else None)  # fmt: skip
+        kinds = [type(m).__name__ for m in flow.modules()]
+        assert kinds.count("AffineCouplingTransform") == 1 and kinds.count("ImplicitBlock") == 1
         initialize_actnorm(flow, _images(shape, 16))
         _flow_logdet_check(flow, _images(shape, 2), atol=1e-7)
+    with pytest.raises(TypeError, match="must return an nflows Transform or None"):
+        image_flow(shape, level_transform=lambda level, s: torch.nn.Identity())
 
 
 def test_training_step_reduces_loss_and_all_parameters_get_gradients() -> None:
