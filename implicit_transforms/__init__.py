@@ -23,7 +23,14 @@ from implicit_transforms.errors import (
 )
 from implicit_transforms.implicit import attach_implicit_grad, solve_implicit
 from implicit_transforms.lipschitz import LipschitzCNN, LipschitzMLP, certify
-from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, SolverResult
+from implicit_transforms.solvers import (
+    Anderson,
+    Broyden,
+    FixedPoint,
+    SolverResult,
+    solver_tolerance,
+)
+from implicit_transforms.validation import input_validation, set_input_validation
 
 __all__ = [
     "Anderson",
@@ -44,9 +51,12 @@ __all__ = [
     "attach_implicit_grad",
     "certify",
     "impflow_block",
+    "input_validation",
     "iresnet_block",
     "lipschitz_net",
     "resflow_block",
+    "set_input_validation",
     "solve_implicit",
+    "solver_tolerance",
 ]
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from implicit_transforms.errors import HigherOrderGradientError
 from implicit_transforms.solvers import Broyden, Solver, SolverResult
+from implicit_transforms.solvers.broyden import InverseJacobian
 
 __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
 
@@ -43,6 +44,7 @@ def attach_implicit_grad(
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
     on_solve: Callable[[SolverResult], None] | None = None,
+    adjoint_start: InverseJacobian | None = None,
 ) -> Tensor:
     r"""Return ``root`` with implicit-function-theorem gradients attached.
 
@@ -68,6 +70,9 @@ def attach_implicit_grad(
         on_solve: called with the adjoint solve's
             :class:`~implicit_transforms.solvers.SolverResult` (its ``root`` in the scaled
             units) in the backward pass.
+        adjoint_start: an approximation of ``(dF/dz)^{-T}`` per sample to start a Broyden
+            adjoint solve from (:func:`solve_implicit` passes the transpose of the forward
+            Broyden solve's final inverse Jacobian).
 
     Returns:
         A tensor equal to ``root`` whose gradients are the implicit ones. Without grad mode,
@@ -109,7 +114,12 @@ def attach_implicit_grad(
             (jtw,) = torch.autograd.grad(step, z, w, retain_graph=True)
             return w - jtw - target
 
-        result = solver(adjoint_residual, target, event_dims=event_dims)
+        if adjoint_start is not None and isinstance(solver, Broyden):
+            result = solver(
+                adjoint_residual, target, event_dims=event_dims, inverse_jacobian=adjoint_start
+            )
+        else:
+            result = solver(adjoint_residual, target, event_dims=event_dims)
         if on_solve is not None:
             on_solve(result)
         return torch.where(finite, result.root * safe_scale, grad)
@@ -135,7 +145,8 @@ def solve_implicit(
 
     The forward solve runs without autograd (see :func:`attach_implicit_grad` for the
     backward). Non-convergence follows the solver's ``on_failure`` policy in the forward pass
-    and the adjoint solver's in the backward pass.
+    and the adjoint solver's in the backward pass. When both are Broyden, the adjoint starts
+    from the transpose of the forward solve's final inverse-Jacobian approximation.
 
     Args:
         residual: ``F``, maps ``(*batch, *event)`` to the same shape, ``dF/dz`` close to ``I``.
@@ -161,11 +172,17 @@ def solve_implicit(
         True
     """
     result = solver(residual, z0.detach(), event_dims=event_dims)
+    # The forward Broyden's H approximates (dF/dz)^{-1}; the adjoint system's Jacobian is
+    # (dF/dz)^T, so H^T is a warm start for it.
+    start = None
+    if result.inverse_jacobian is not None and torch.is_grad_enabled():
+        start = result.inverse_jacobian.transpose()
     z = attach_implicit_grad(
         residual,
         result.root,
         adjoint_solver=adjoint_solver,
         event_dims=event_dims,
         on_solve=on_adjoint_solve,
+        adjoint_start=start,
     )
     return z, result

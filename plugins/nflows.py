@@ -109,7 +109,7 @@ _ARGS = """
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
             (``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
             ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
-            ``generator``): the same settings as the factories and the Pyro helpers.
+            ``generator``, ``compile``): the same settings as the factories and the Pyro helpers.
     """
 
 

@@ -444,7 +444,8 @@ def test_every_solver_argument_is_a_config_field() -> None:
     import inspect
 
     for cfg in (FixedPoint(), Anderson(), Broyden()):
-        params = set(inspect.signature(type(cfg)._function).parameters) - {"fn", "z0", "event_dims"}
+        call_inputs = {"fn", "z0", "event_dims", "inverse_jacobian"}
+        params = set(inspect.signature(type(cfg)._function).parameters) - call_inputs
         assert params == set(cfg.options()), type(cfg).__name__
     assert Anderson(regularization=1e-3).regularization == 1e-3
     assert Broyden(max_backtracks=3).replace(on_failure="warn").on_failure == "warn"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +12,10 @@ from torch import Tensor, nn
 from implicit_transforms.errors import LipschitzWarning
 from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
+from implicit_transforms.lipschitz.spectral import frozen_weights
 from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
 from implicit_transforms.solvers import SolverResult
+from implicit_transforms.validation import validating_inputs
 
 __all__ = ["EXACT_LOGDET_MAX_DIM", "InvertibleBlock"]
 
@@ -156,7 +159,7 @@ class InvertibleBlock(nn.Module):
         ):
             want = "(*, " + ", ".join("?" if t is None else str(t) for t in template) + ")"
             raise ValueError(f"{kind}: {name} must have shape {want}, got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if validating_inputs() and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{kind}: {name} contains NaN or Inf")
         batch = x.shape[: x.dim() - len(template)]
         flat_x = x.reshape(math.prod(batch), *event)
@@ -177,7 +180,7 @@ class InvertibleBlock(nn.Module):
             raise ValueError(
                 f"{kind}: context must have shape (*, {self.context_features}), got {got}"
             )
-        if not bool(torch.isfinite(context).all()):
+        if validating_inputs() and not bool(torch.isfinite(context).all()):
             raise ValueError(f"{kind}: context contains NaN or Inf")
         try:
             ctx = context.to(x.dtype).expand(*batch, self.context_features)
@@ -211,3 +214,7 @@ class InvertibleBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same as :meth:`forward_and_logdet`."""
         return self.forward_and_logdet(x, context)
+
+    def frozen(self) -> AbstractContextManager[None]:
+        """A scope in which every layer normalises its weight once (one block call)."""
+        return frozen_weights(self)

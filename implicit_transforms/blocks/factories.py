@@ -87,6 +87,9 @@ def build_block(
         )
         for _ in range(2 if family == "impflow" else 1)
     ]
+    if opts.compile:
+        for net in nets:
+            net.compile_evaluation()
     common: dict[str, Any] = {
         "solver": opts.solver,
         "adjoint_solver": opts.adjoint_solver,
@@ -127,7 +130,7 @@ _ARGS_DOC = """
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change:
             ``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
             ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
-            ``generator``. Unknown names raise ``TypeError``.
+            ``generator``, ``compile``. Unknown names raise ``TypeError``.
 """
 
 

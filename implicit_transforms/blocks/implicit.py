@@ -11,9 +11,11 @@ from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
-from implicit_transforms.solvers import Broyden, Solver, SolverResult
+from implicit_transforms.solvers import Broyden, Solver, SolverResult, rowwise
 
 __all__ = ["ImplicitBlock"]
+
+_NetOnRows = Callable[..., Tensor]
 
 
 class ImplicitBlock(InvertibleBlock):
@@ -60,19 +62,43 @@ class ImplicitBlock(InvertibleBlock):
         self.solver: Solver = solver or Broyden()
         self.adjoint_solver: Solver = adjoint_solver or adjoint_for(self.solver)
 
+    @staticmethod
+    def _g(net: LipschitzNet, ctx: Tensor | None) -> _NetOnRows:
+        """``g(t)`` on all samples, or ``g(t, rows)`` on the samples ``rows`` (their context)."""
+
+        def g(t: Tensor, rows: Tensor | None = None) -> Tensor:
+            return net(t, ctx if ctx is None or rows is None else ctx[rows])
+
+        return g
+
     def _map(
         self,
         src: Tensor,
         ctx: Tensor | None,
-        g_src: Callable[[Tensor], Tensor],
-        g_dst: Callable[[Tensor], Tensor],
+        g_src: _NetOnRows,
+        g_dst: _NetOnRows,
     ) -> tuple[Tensor, Tensor, SolverResult]:
         """Solve ``dst + g_dst(dst) = src + g_src(src)``; return ``(dst, logdet, result)``."""
+        with self.frozen():  # one normalisation per layer for the whole call
+            return self._map_frozen(src, g_src, g_dst)
+
+    def _map_frozen(
+        self,
+        src: Tensor,
+        g_src: _NetOnRows,
+        g_dst: _NetOnRows,
+    ) -> tuple[Tensor, Tensor, SolverResult]:
         est = self.estimator(self._event_numel(src))
         g_src_val, ld_src = est(g_src, src, event_dims=self.event_dims)
         target = src + g_src_val
+
+        def residual(t: Tensor, rows: Tensor | None) -> Tensor:
+            if rows is None:
+                return t + g_dst(t) - target
+            return t + g_dst(t, rows) - target[rows]
+
         dst, result = solve_implicit(
-            lambda t: t + g_dst(t) - target,
+            rowwise(residual),
             target.detach(),
             solver=self.solver,
             adjoint_solver=self.adjoint_solver,
@@ -86,13 +112,13 @@ class ImplicitBlock(InvertibleBlock):
     def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``z`` solving ``z + g_z(z) = x + g_x(x)`` and ``log|det dz/dx|``."""
         flat, ctx, batch = self._flatten(x, context, "x")
-        z, ld, _ = self._map(flat, ctx, lambda t: self.net_x(t, ctx), lambda t: self.net_z(t, ctx))
+        z, ld, _ = self._map(flat, ctx, self._g(self.net_x, ctx), self._g(self.net_z, ctx))
         return z.reshape(x.shape), ld.reshape(batch)
 
     def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x`` solving ``x + g_x(x) = z + g_z(z)`` and ``log|det dx/dz|``."""
         flat, ctx, batch = self._flatten(y, context, "y")
-        x, ld, _ = self._map(flat, ctx, lambda t: self.net_z(t, ctx), lambda t: self.net_x(t, ctx))
+        x, ld, _ = self._map(flat, ctx, self._g(self.net_z, ctx), self._g(self.net_x, ctx))
         return x.reshape(y.shape), ld.reshape(batch)
 
     def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:

@@ -69,6 +69,7 @@ class ResolvedOptions:
     adjoint_solver: Solver
     logdet_train: LogDetEstimator
     logdet_eval: LogDetEstimator | None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class BlockOptions:
         n_exact_terms: terms the default roulette estimator always evaluates (2).
         n_terms: terms of the default power series (iresnet, 5).
         generator: randomness of the default training estimator.
+        compile: evaluate the networks through ``torch.compile`` (see
+            :meth:`~implicit_transforms.lipschitz.LipschitzNet.compile_evaluation`; the first
+            calls compile, later ones reuse the code; measured in ``benchmarks/README.md``).
     """
 
     coeff: float | None = None
@@ -114,6 +118,7 @@ class BlockOptions:
     n_exact_terms: int | None = None
     n_terms: int | None = None
     generator: torch.Generator | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.coeff is not None:
@@ -136,6 +141,8 @@ class BlockOptions:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile must be a bool, got {type(self.compile).__name__}")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator, got {type(self.generator).__name__}"
@@ -181,6 +188,7 @@ class BlockOptions:
             adjoint_solver=adjoint,
             logdet_train=self._training_estimator(fam),
             logdet_eval=self.logdet_eval,
+            compile=self.compile,
         )
 
     def _training_estimator(self, fam: Family) -> LogDetEstimator:

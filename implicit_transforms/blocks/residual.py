@@ -11,7 +11,7 @@ from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
-from implicit_transforms.solvers import FixedPoint, Solver
+from implicit_transforms.solvers import FixedPoint, Rowwise, Solver, rowwise
 
 __all__ = ["ResidualBlock"]
 
@@ -58,6 +58,17 @@ class ResidualBlock(InvertibleBlock):
     def _g(self, context: Tensor | None) -> Callable[[Tensor], Tensor]:
         return lambda t: self.net(t, context)
 
+    def _residual(self, target: Tensor, ctx: Tensor | None) -> Rowwise:
+        """``F(t) = t + g(t) - target`` on any subset of the (flat) batch's samples."""
+
+        def residual(t: Tensor, rows: Tensor | None) -> Tensor:
+            if rows is None:
+                return t + self.net(t, ctx) - target
+            sub_ctx = None if ctx is None else ctx[rows]
+            return t + self.net(t, sub_ctx) - target[rows]
+
+        return rowwise(residual)
+
     def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``y = x + g(x)`` and ``log det(I + J_g(x))``; no solver involved."""
         flat, ctx, batch = self._flatten(x, context, "x")
@@ -74,14 +85,15 @@ class ResidualBlock(InvertibleBlock):
         """Solve ``x + g(x) = y``; log-det ``-log det(I + J_g(x))``."""
         flat, ctx, batch = self._flatten(y, context, "y")
         g = self._g(ctx)
-        x, result = solve_implicit(
-            lambda t: t + g(t) - flat,
-            flat.detach(),
-            solver=self.solver,
-            adjoint_solver=self.adjoint_solver,
-            event_dims=self.event_dims,
-            on_adjoint_solve=self._record_adjoint,
-        )
-        self.last_solve = result
-        _, ld = self.estimator(self._event_numel(flat))(g, x, event_dims=self.event_dims)
+        with self.frozen():  # one normalisation per layer for the whole solve
+            x, result = solve_implicit(
+                self._residual(flat, ctx),
+                flat.detach(),
+                solver=self.solver,
+                adjoint_solver=self.adjoint_solver,
+                event_dims=self.event_dims,
+                on_adjoint_solve=self._record_adjoint,
+            )
+            self.last_solve = result
+            _, ld = self.estimator(self._event_numel(flat))(g, x, event_dims=self.event_dims)
         return x.reshape(y.shape), -ld.reshape(batch)

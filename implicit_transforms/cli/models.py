@@ -139,6 +139,7 @@ def build_flow(
             solver=make_solver(cfg),
             logdet_train=make_logdet(cfg, generator),
             logdet_eval=logdet_eval,
+            compile=cfg.compile,
         )
         layers.append(BlockTransform(block))
     return Flow(CompositeTransform(layers), StandardNormal([features]))
@@ -191,6 +192,7 @@ def build_image_flow(
         coeff=cfg.coeff,
         solver=make_solver(cfg),
         logdet_train=make_logdet(cfg, generator),
+        compile=cfg.compile,
     )
 
 

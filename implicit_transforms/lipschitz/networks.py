@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from implicit_transforms.lipschitz.activations import make_activation
@@ -31,6 +33,7 @@ class LipschitzNet(nn.Module):
     layers: nn.ModuleList
     activations: nn.ModuleList
     context_net: nn.Module | None
+    _compiled: Callable[..., Tensor] | None = None
 
     def expected_event_shape(self) -> tuple[int | None, ...]:
         """Event shape the net accepts; ``None`` marks a free size."""
@@ -40,20 +43,70 @@ class LipschitzNet(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Evaluate ``g(x; context)``; ``x: (B, *event)``, ``context: (B, C)`` (or ``None``)."""
-        h = self.layers[0](x)
+        """Evaluate ``g(x; context)``; ``x: (B, *event)``, ``context: (B, C)`` (or ``None``).
+
+        The layers' weights are normalised first (eagerly: that step reads the weights'
+        content), then the pure chain :meth:`evaluate` runs, compiled if
+        :meth:`compile_evaluation` was called.
+        """
         if self.context_net is not None:
             if context is None:
                 raise ValueError(
                     f"{type(self).__name__} was built with context_features="
                     f"{self.context_features} but got context=None"
                 )
-            h = h + self._context_bias(context, h)
+            ctx_bias: Tensor | None = self._context_bias(context, x)
         elif context is not None:
             raise ValueError(f"{type(self).__name__} has no context input but got a context")
-        for act, layer in zip(self.activations, self.layers[1:], strict=True):
-            h = layer(act(h))
+        else:
+            ctx_bias = None
+        spatial = tuple(x.shape[-2:]) if self.event_dims == 3 else None
+        weights = [layer.prepare(spatial) for layer in self._normalised_layers()]
+        run = self._compiled if self._compiled is not None else self.evaluate
+        return run(x, weights, ctx_bias)
+
+    def evaluate(self, x: Tensor, weights: list[Tensor], ctx_bias: Tensor | None) -> Tensor:
+        """The pure network evaluation with given (normalised) weights: no data-dependent
+        control flow, so ``torch.compile`` traces it without graph breaks.
+
+        Args:
+            x: input ``(B, *event)``.
+            weights: the normalised weight of every layer (``layer.prepare(...)``).
+            ctx_bias: the context's additive bias after the first layer, or ``None``.
+        """
+        layers = self._normalised_layers()
+        h = layers[0].apply_weight(x, weights[0])
+        if ctx_bias is not None:
+            h = h + ctx_bias
+        for act, layer, weight in zip(self.activations, layers[1:], weights[1:], strict=True):
+            h = layer.apply_weight(act(h), weight)
         return h
+
+    def _normalised_layers(self) -> list[SpectralConv2d | SpectralLinear]:
+        return list(self.layers)  # type: ignore[arg-type]
+
+    def compile_evaluation(self, **options: Any) -> LipschitzNet:
+        """Use ``torch.compile(self.evaluate, dynamic=True, **options)`` for every evaluation.
+
+        Only the pure chain is compiled; normalising the weights stays eager (it compares the
+        weights' content and may run an eigen-decomposition). Shapes are dynamic because a
+        solve evaluates fewer samples as they converge. Sets
+        ``torch._functorch.config.donated_buffer = False`` for the process (our gradients
+        reuse a graph several times, which donated buffers forbid). Returns ``self``.
+        """
+        options.setdefault("dynamic", True)
+        # Log-det estimators and implicit gradients take several vector-Jacobian products
+        # through one graph (retain_graph=True), so a compiled backward must not donate (free)
+        # its buffers after the first. The setting is process-wide and read when a backward
+        # runs: opting into compilation turns donation off for the process.
+        torch._functorch.config.donated_buffer = False
+        self._compiled = torch.compile(self.evaluate, **options)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None  # compiled functions are rebuilt, not pickled
+        return state
 
     def lipschitz_chain(self) -> list[nn.Module]:
         """The composition ``layer, act, layer, ..., layer`` whose norms bound ``Lip(g)``."""

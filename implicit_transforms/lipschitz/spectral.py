@@ -28,6 +28,8 @@ iteration of a solve and the log-det estimate of the same step use one fixed map
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -41,6 +43,7 @@ __all__ = [
     "SpectralLinear",
     "check_coeff",
     "circular_grid",
+    "frozen_weights",
 ]
 
 EXACT_MAX_DIM = 256
@@ -96,6 +99,9 @@ class _SpectralMixin(nn.Module):
         self._estimate_of: Tensor | None = None  # the raw weight the estimate belongs to
         # Saved with the state: whether u, v belonged to the saved weight.
         self.register_buffer("estimate_current", torch.zeros((), dtype=torch.bool))
+        # frozen_weights(): the normalised weight of the current scope and its grad mode.
+        self._frozen: Tensor | None = None
+        self._freeze_grad: bool | None = None
 
     # Subclasses implement the operator and its adjoint on the buffers' shapes.
     def _apply_w(self, x: Tensor, w: Tensor) -> Tensor:
@@ -197,7 +203,20 @@ class _SpectralMixin(nn.Module):
         return (self.u.clone() * self._apply_w(self.v.clone(), weight)).sum()
 
     def normalized_weight(self) -> Tensor:
-        """``W / max(1, (1 + margin) sigma / c)`` for the raw weight as it is now."""
+        """``W / max(1, (1 + margin) sigma / c)`` for the raw weight as it is now.
+
+        Inside :func:`frozen_weights` it is computed once and reused until the scope ends.
+        """
+        frozen = self._frozen
+        if frozen is not None:
+            return frozen
+        if self._freeze_grad is None:
+            return self._normalize_now()
+        with torch.set_grad_enabled(self._freeze_grad):
+            self._frozen = self._normalize_now()
+        return self._frozen
+
+    def _normalize_now(self) -> Tensor:
         factor = 1.0 if self.exact else 1.0 + self.margin
         scale = torch.clamp(self.sigma() * (factor / self.coeff), min=1.0)
         return self.weight / scale
@@ -296,15 +315,49 @@ class SpectralLinear(_SpectralMixin):
         self.u.copy_(u)
         self.v.copy_(v)
 
+    def prepare(self, spatial_size: tuple[int, ...] | None = None) -> Tensor:
+        """The normalised weight to apply now (``spatial_size`` is unused by dense layers)."""
+        return self.normalized_weight()
+
+    def apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``x W^T + b`` with a given (normalised) weight: pure, traceable."""
+        return F.linear(x, weight, self.bias)
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply the normalised affine map."""
-        return F.linear(x, self.normalized_weight(), self.bias)
+        return self.apply_weight(x, self.normalized_weight())
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_features}, {self.out_features}, coeff={self.coeff}, "
             f"bias={self.bias is not None}, exact={self.exact}"
         )
+
+
+def _spectral_layers(modules: tuple[nn.Module, ...]) -> list[_SpectralMixin]:
+    return [m for module in modules for m in module.modules() if isinstance(m, _SpectralMixin)]
+
+
+@contextmanager
+def frozen_weights(*modules: nn.Module) -> Iterator[None]:
+    """Within the scope, every spectral layer of ``modules`` normalises its weight once (at
+    its first use) and reuses that tensor: the many network evaluations of one block call (a
+    solve, the log-det, the implicit-gradient graph) then cost one normalisation per layer.
+
+    The weight is normalised with the grad mode of the scope's entry, so a first use inside a
+    ``no_grad`` solve still yields a tensor that carries gradients to the raw weight. Nested
+    scopes keep the outermost one's tensors. The weights must not change inside the scope.
+    """
+    layers = [m for m in _spectral_layers(modules) if m._freeze_grad is None]
+    grad = torch.is_grad_enabled()
+    for m in layers:
+        m._freeze_grad = grad
+    try:
+        yield
+    finally:
+        for m in layers:
+            m._freeze_grad = None
+            m._frozen = None
 
 
 EXACT_MAX_CHANNELS = 64
@@ -466,15 +519,26 @@ class SpectralConv2d(_SpectralMixin):
         else:
             self.refine(tol=1e-4, max_iter=500)
 
+    def prepare(self, spatial_size: tuple[int, ...] | None = None) -> Tensor:
+        """The normalised weight for inputs of spatial size ``(H, W)`` (the norm refers to it)."""
+        if spatial_size is None or len(spatial_size) != 2:
+            raise ValueError(f"SpectralConv2d needs the input's (H, W), got {spatial_size!r}")
+        h, w = int(spatial_size[0]), int(spatial_size[1])
+        if self.spatial_size != (h, w):
+            self._reset_size(h, w)
+        return self.normalized_weight()
+
+    def apply_weight(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The "same" convolution with a given (normalised) weight: pure, traceable."""
+        return F.conv2d(x, weight, self.bias, padding=self.padding)
+
     def forward(self, x: Tensor) -> Tensor:
         """Apply the normalised convolution to ``(B, C_in, H, W)``."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"SpectralConv2d expects input (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        if self.spatial_size != (x.shape[2], x.shape[3]):
-            self._reset_size(x.shape[2], x.shape[3])
-        return F.conv2d(x, self.normalized_weight(), self.bias, padding=self.padding)
+        return self.apply_weight(x, self.prepare((x.shape[2], x.shape[3])))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # The buffers' shape depends on the input size seen by the saved model: adopt it.

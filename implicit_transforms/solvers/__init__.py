@@ -7,10 +7,16 @@ its failure policy's :class:`~implicit_transforms.ConvergenceError` (or a ``Valu
 ``TypeError`` for bad arguments).
 """
 
-from implicit_transforms.solvers._common import default_tolerance
+from implicit_transforms.solvers._common import (
+    Rowwise,
+    default_check_every,
+    default_tolerance,
+    rowwise,
+    solver_tolerance,
+)
 from implicit_transforms.solvers.anderson import Anderson, anderson, default_regularization
 from implicit_transforms.solvers.base import Solver, SolverConfig
-from implicit_transforms.solvers.broyden import Broyden, broyden
+from implicit_transforms.solvers.broyden import Broyden, InverseJacobian, broyden
 from implicit_transforms.solvers.fixed_point import FixedPoint, fixed_point
 from implicit_transforms.solvers.result import OnFailure, SolverResult, SolverStatus
 
@@ -18,14 +24,19 @@ __all__ = [
     "Anderson",
     "Broyden",
     "FixedPoint",
+    "InverseJacobian",
     "OnFailure",
+    "Rowwise",
     "Solver",
     "SolverConfig",
     "SolverResult",
     "SolverStatus",
     "anderson",
     "broyden",
+    "default_check_every",
     "default_regularization",
     "default_tolerance",
     "fixed_point",
+    "rowwise",
+    "solver_tolerance",
 ]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from implicit_transforms.solvers._common import FlatProblem, Tracker
+from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
 from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
 
@@ -54,6 +54,7 @@ def anderson(
     regularization: float | None = None,
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
+    check_every: int | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by Anderson acceleration of ``T(z) = z - F(z)``.
 
@@ -82,6 +83,8 @@ def anderson(
             :func:`default_regularization` of the dtype).
         event_dims: number of trailing dimensions forming one problem.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        check_every: iterations between host reads of the convergence state (see
+            :func:`fixed_point`).
 
     Returns:
         A :class:`~implicit_transforms.solvers.SolverResult`.
@@ -99,18 +102,19 @@ def anderson(
         max_iter=max_iter,
         on_failure=on_failure,
         name="anderson",
+        check_every=check_every,
     )
     lam = default_regularization(z0.dtype) if regularization is None else float(regularization)
     with torch.no_grad():
-        z = prob.z0
-        b, n = z.shape
-        f = prob(z)
-        tracker = Tracker(z, f, prob.atol, prob.rtol)
-        zs = z.new_zeros(b, history, n)
-        ts = z.new_zeros(b, history, n)
+        run = ActiveSet(prob)
+        z, f = run.z, run.f
+        n = z.shape[1]
+        zs = z.new_zeros(z.shape[0], history, n)
+        ts = z.new_zeros(z.shape[0], history, n)
         tiny = torch.finfo(z.dtype).tiny
+        eye = torch.eye(history, dtype=z.dtype, device=z.device)
         for k in range(max_iter):
-            if tracker.done:
+            if run.done:
                 break
             slot = k % history
             zs[:, slot] = z
@@ -119,24 +123,23 @@ def anderson(
             r = ts[:, :m] - zs[:, :m]
             gram = r @ r.transpose(1, 2)
             scale = gram.diagonal(dim1=1, dim2=2).amax(dim=1).clamp_min(tiny)
-            gram = gram + (lam * scale)[:, None, None] * torch.eye(
-                m, dtype=z.dtype, device=z.device
-            )
+            gram = gram + (lam * scale)[:, None, None] * eye[:m, :m]
             chol, info = torch.linalg.cholesky_ex(gram)
-            ones = z.new_ones(b, m, 1)
-            y = torch.cholesky_solve(ones, chol)[..., 0]
+            y = torch.cholesky_solve(z.new_ones(z.shape[0], m, 1), chol)[..., 0]
             a = y / y.sum(dim=1, keepdim=True)
-            fallback = torch.zeros_like(a)
-            fallback[:, slot] = 1.0  # the plain fixed-point step from the newest iterate
+            # Where the factorisation failed, the plain fixed-point step from the newest iterate.
             usable = (info == 0) & torch.isfinite(a).all(dim=1)
-            a = torch.where(usable[:, None], a, fallback)
+            a = torch.where(usable[:, None], a, eye[slot, :m])
             mixed_t = torch.einsum("bm,bmn->bn", a, ts[:, :m])
-            mixed_z = torch.einsum("bm,bmn->bn", a, zs[:, :m])
-            z_new = mixing * mixed_t + (1.0 - mixing) * mixed_z
-            z = torch.where(tracker.active[:, None], z_new, z)
-            f = prob(z)
-            tracker.update(z, f)
-    return apply_failure_policy(prob.result(tracker), on_failure)
+            z_new = mixed_t if mixing == 1.0 else (
+                mixing * mixed_t + (1.0 - mixing) * torch.einsum("bm,bmn->bn", a, zs[:, :m])
+            )  # fmt: skip
+            z = torch.where(run.active[:, None], z_new, z)
+            f = run.evaluate(z)
+            keep = run.update(z, f)
+            if keep is not None:
+                z, f, zs, ts = run.z, run.f, zs[keep], ts[keep]
+    return apply_failure_policy(run.result(), on_failure)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ class Anderson(SolverConfig):
     history: int = 5
     mixing: float = 1.0
     regularization: float | None = None
+    check_every: int | None = None
 
     _function = staticmethod(anderson)
     _name = "anderson"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,47 +11,78 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from implicit_transforms.solvers._common import FlatProblem, Tracker
+from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
 from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
 
-__all__ = ["Broyden", "broyden"]
+__all__ = ["Broyden", "InverseJacobian", "broyden"]
 
 LineSearch = Literal["none", "armijo"]
 
 
-class _LowRankInverse:
-    """Per-sample ``H = h0 I + sum_i u_i v_i^T`` with at most ``m`` rank-one terms.
+class InverseJacobian:
+    """Per-sample approximation ``H`` of an inverse Jacobian ``(dF/dz)^{-1}``, updated by
+    Broyden's rank-one (Sherman-Morrison) steps.
 
-    ``U: (B, N, m)``, ``V: (B, m, N)``. When the memory is full it restarts from ``h0 I``: the
-    terms are products of successive Sherman-Morrison updates, and dropping only the oldest
-    one leaves an ``H`` that no longer satisfies the earlier secant conditions (measured:
-    restarting needs up to 40% fewer evaluations than dropping the oldest term, see
+    Dense ``H: (A, N, N)`` when ``N <= memory`` (exact Broyden, no truncation); otherwise
+    ``H = h0 I + U V`` with ``U: (A, N, m)``, ``V: (A, m, N)`` holding at most ``m`` rank-one
+    terms, restarted from ``h0 I`` when full: the terms are products of successive updates, and
+    dropping only the oldest leaves an ``H`` that no longer satisfies the earlier secant
+    conditions (measured: restarting needs up to 40% fewer evaluations, see
     ``benchmarks/README.md``).
+
+    A solve's final approximation (in :attr:`SolverResult.inverse_jacobian`) can start another
+    solve whose Jacobian is related: the adjoint of an implicit solve has Jacobian
+    ``(dF/dz)^T``, whose inverse :meth:`transpose` approximates.
     """
 
-    def __init__(self, b: int, n: int, m: int, h0: float, like: Tensor) -> None:
-        self.h0 = h0
-        self.u = like.new_zeros(b, n, m)
-        self.v = like.new_zeros(b, m, n)
-        self.m = m
-        self.count = 0
+    def __init__(
+        self, h0: float, dense: Tensor | None, u: Tensor | None, v: Tensor | None, count: int
+    ) -> None:
+        self.h0, self.dense, self.u, self.v, self.count = h0, dense, u, v, count
+
+    @classmethod
+    def identity(cls, b: int, n: int, memory: int, h0: float, like: Tensor) -> InverseJacobian:
+        """``h0 I`` for ``b`` samples of size ``n``."""
+        if n <= memory:
+            eye = torch.eye(n, dtype=like.dtype, device=like.device)
+            return cls(h0, (h0 * eye).expand(b, n, n).clone(), None, None, 0)
+        return cls(h0, None, like.new_zeros(b, n, memory), like.new_zeros(b, memory, n), 0)
+
+    @property
+    def rows(self) -> int:
+        """Number of samples."""
+        return int((self.dense if self.dense is not None else self.u).shape[0])  # type: ignore[union-attr]
 
     def matvec(self, x: Tensor) -> Tensor:
-        """``H x`` for ``x: (B, N)``."""
-        return self.h0 * x + torch.einsum(
-            "bnm,bm->bn", self.u, torch.einsum("bmn,bn->bm", self.v, x)
-        )
+        """``H x`` for ``x: (A, N)``."""
+        if self.dense is not None:
+            return torch.bmm(self.dense, x[:, :, None])[..., 0]
+        assert self.u is not None and self.v is not None
+        k = self.count
+        if k == 0:
+            return self.h0 * x
+        inner = torch.bmm(self.v[:, :k], x[:, :, None])
+        return self.h0 * x + torch.bmm(self.u[:, :, :k], inner)[..., 0]
 
     def rmatvec(self, x: Tensor) -> Tensor:
-        """``x^T H`` for ``x: (B, N)``."""
-        return self.h0 * x + torch.einsum(
-            "bm,bmn->bn", torch.einsum("bn,bnm->bm", x, self.u), self.v
-        )
+        """``x^T H`` for ``x: (A, N)``."""
+        if self.dense is not None:
+            return torch.bmm(x[:, None, :], self.dense)[:, 0]
+        assert self.u is not None and self.v is not None
+        k = self.count
+        if k == 0:
+            return self.h0 * x
+        inner = torch.bmm(x[:, None, :], self.u[:, :, :k])
+        return self.h0 * x + torch.bmm(inner, self.v[:, :k])[:, 0]
 
     def add(self, u: Tensor, v: Tensor) -> None:
-        """Add the rank-one term ``u v^T``; restart from ``h0 I`` when the memory is full."""
-        if self.count == self.m:
+        """Add the rank-one term ``u v^T`` (rows with ``u = 0`` are unchanged)."""
+        if self.dense is not None:
+            self.dense += u[:, :, None] * v[:, None, :]
+            return
+        assert self.u is not None and self.v is not None
+        if self.count == self.u.shape[2]:
             self.u.zero_()
             self.v.zero_()
             self.count = 0
@@ -59,10 +91,58 @@ class _LowRankInverse:
         self.count += 1
 
     def reset(self, mask: Tensor) -> None:
-        """Forget every term of the samples in ``mask`` (back to ``h0 I``)."""
+        """Back to ``h0 I`` for the samples in ``mask``."""
+        if self.dense is not None:
+            n = self.dense.shape[1]
+            eye = self.h0 * torch.eye(n, dtype=self.dense.dtype, device=self.dense.device)
+            self.dense = torch.where(mask[:, None, None], eye, self.dense)
+            return
+        assert self.u is not None and self.v is not None
         keep = (~mask).to(self.u.dtype)
         self.u *= keep[:, None, None]
         self.v *= keep[:, None, None]
+
+    def keep(self, mask: Tensor) -> None:
+        """Keep the samples in ``mask`` (compaction)."""
+        if self.dense is not None:
+            self.dense = self.dense[mask]
+        else:
+            assert self.u is not None and self.v is not None
+            self.u, self.v = self.u[mask], self.v[mask]
+
+    def write(self, into: InverseJacobian, mask: Tensor, rows: Tensor) -> None:
+        """Copy the samples in ``mask`` into ``into`` at batch rows ``rows``."""
+        if self.dense is not None and into.dense is not None:
+            into.dense[rows] = self.dense[mask]
+        elif (
+            self.u is not None and self.v is not None and into.u is not None and into.v is not None
+        ):
+            into.u[rows] = self.u[mask]
+            into.v[rows] = self.v[mask]
+            into.count = max(into.count, self.count)
+
+    def transpose(self) -> InverseJacobian:
+        """The approximation of ``(dF/dz)^{-T}``: ``H^T``."""
+        if self.dense is not None:
+            return InverseJacobian(self.h0, self.dense.mT.contiguous(), None, None, 0)
+        assert self.u is not None and self.v is not None
+        return InverseJacobian(
+            self.h0, None, self.v.mT.contiguous(), self.u.mT.contiguous(), self.count
+        )
+
+    def reshaped_like(self, b: int, n: int, memory: int) -> InverseJacobian | None:
+        """A copy of this approximation if it fits ``b`` samples of size ``n`` with at most
+        ``memory`` terms, else ``None`` (a solve updates its copy, never the original)."""
+        if self.rows != b:
+            return None
+        if self.dense is not None:
+            if self.dense.shape[1] != n or n > memory:
+                return None
+            return InverseJacobian(self.h0, self.dense.clone(), None, None, 0)
+        assert self.u is not None and self.v is not None
+        if self.u.shape[1] != n or n <= memory or self.u.shape[2] != memory:
+            return None
+        return InverseJacobian(self.h0, None, self.u.clone(), self.v.clone(), self.count)
 
 
 def _check(
@@ -105,6 +185,8 @@ def broyden(
     max_growth: float = 100.0,
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
+    check_every: int | None = None,
+    inverse_jacobian: InverseJacobian | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by Broyden's ("good") quasi-Newton method.
 
@@ -114,8 +196,9 @@ def broyden(
 
     ``H <- H + (dz - H df) (dz^T H) / (dz^T H df)``
 
-    makes ``H`` satisfy the secant condition ``H df = dz``. The memory holds ``history``
-    rank-one terms and restarts from ``H_0`` when full; no other event resets it.
+    makes ``H`` satisfy the secant condition ``H df = dz``. Events of at most ``history``
+    elements keep ``H`` dense; larger ones hold ``history`` rank-one terms and restart from
+    ``H_0`` when full (see :class:`InverseJacobian`). Converged samples leave the iteration.
 
     Safeguard without extra evaluations: a step whose residual is not finite or exceeds
     ``max_growth`` times the sample's best residual is rejected; the sample returns to its
@@ -147,9 +230,15 @@ def broyden(
         max_growth: residual growth factor (over the best residual) that rejects a step.
         event_dims: number of trailing dimensions forming one problem.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
+        check_every: iterations between host reads of the convergence state (see
+            :func:`fixed_point`).
+        inverse_jacobian: a starting approximation of ``(dF/dz)^{-1}`` for every sample (e.g.
+            the transpose of a related solve's, for an adjoint system); ignored when its shape
+            does not fit.
 
     Returns:
-        A :class:`~implicit_transforms.solvers.SolverResult`.
+        A :class:`~implicit_transforms.solvers.SolverResult` whose ``inverse_jacobian`` holds
+        each sample's final approximation.
 
     References:
         Broyden, "A class of methods for solving nonlinear simultaneous equations", 1965.
@@ -166,26 +255,32 @@ def broyden(
         max_iter=max_iter,
         on_failure=on_failure,
         name="broyden",
+        check_every=check_every,
     )
     c1 = 1e-4
     with torch.no_grad():
-        z = prob.z0
-        b, n = z.shape
-        f = prob(z)
-        tracker = Tracker(z, f, prob.atol, prob.rtol)
+        run = ActiveSet(prob)
+        z, f = run.z, run.f
+        b, n = prob.z0.shape
+        h0 = 1.0 / jacobian_guess
+        start = None if inverse_jacobian is None else inverse_jacobian.reshaped_like(b, n, history)
+        if start is not None and run.rows is not None:  # samples that converged at z0 left
+            start.keep(_mask_of(run.rows, b))
+        inv = start or InverseJacobian.identity(z.shape[0], n, history, h0, z)
+        final = InverseJacobian.identity(b, n, history, h0, z)
+        run.on_finish(lambda leaving, rows: inv.write(final, leaving, rows))
         best_f = f.clone()
-        inv = _LowRankInverse(b, n, history, 1.0 / jacobian_guess, z)
-        fresh = torch.ones(b, dtype=torch.bool, device=z.device)  # H = H_0 for these samples
+        fresh = torch.full((z.shape[0],), start is None, dtype=torch.bool, device=z.device)
         for _ in range(max_iter):
-            if tracker.done:
+            if run.done:
                 break
-            active = tracker.active
-            p = torch.where(active[:, None], -inv.matvec(f), torch.zeros_like(f))
+            active = run.active
+            p = -inv.matvec(f)
             z_new = z + p
-            f_new = prob(z_new)
+            f_new = run.evaluate(z_new)
             if line_search == "armijo":
                 fnorm = torch.linalg.vector_norm(f, dim=-1)
-                alpha = torch.ones(b, dtype=z.dtype, device=z.device)
+                alpha = torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
                 for _ in range(max_backtracks):
                     new_norm = torch.linalg.vector_norm(f_new, dim=-1)
                     ok = torch.isfinite(new_norm) & (new_norm <= (1.0 - c1 * alpha) * fnorm)
@@ -194,35 +289,48 @@ def broyden(
                         break
                     alpha = torch.where(searching, 0.5 * alpha, alpha)
                     z_try = z + alpha[:, None] * p
-                    f_try = prob(z_try)
+                    f_try = run.evaluate(z_try)
                     z_new = torch.where(searching[:, None], z_try, z_new)
                     f_new = torch.where(searching[:, None], f_try, f_new)
             new_norm = torch.linalg.vector_norm(f_new, dim=-1)
-            finite = torch.isfinite(f_new).all(dim=-1) & torch.isfinite(z_new).all(dim=-1)
-            accept = finite & (new_norm <= max_growth * tracker.best_residual)
+            accept = torch.isfinite(new_norm) & (new_norm <= max_growth * run.tracker.best_residual)
+            accept &= torch.isfinite(z_new).all(dim=-1)
             # A rejected sample that had just restarted has nothing left to fall back on.
             give_up = active & ~accept & fresh
             reject = active & ~accept & ~fresh
+            take = active & accept
             dz = z_new - z
             df = f_new - f
             h_df = inv.matvec(df)
-            dz_h = inv.rmatvec(dz)
             denom = (dz * h_df).sum(dim=-1)
             small = torch.finfo(z.dtype).eps * (dz.norm(dim=-1) * h_df.norm(dim=-1))
-            valid = active & accept & (denom.abs() > small.clamp_min(torch.finfo(z.dtype).tiny))
+            valid = take & (denom.abs() > small.clamp_min(torch.finfo(z.dtype).tiny))
             safe = torch.where(valid, denom, torch.ones_like(denom))
             u = torch.where(valid[:, None], (dz - h_df) / safe[:, None], torch.zeros_like(dz))
-            inv.add(u, torch.where(valid[:, None], dz_h, torch.zeros_like(dz_h)))
+            inv.add(u, inv.rmatvec(dz))
             inv.reset(reject)
-            fresh = (fresh & ~(active & accept)) | reject
-            take = (active & accept) | give_up
-            z = torch.where(take[:, None], z_new, torch.where(reject[:, None], tracker.best, z))
-            f = torch.where(take[:, None], f_new, torch.where(reject[:, None], best_f, f))
-            before = tracker.best_residual
-            tracker.update(z, f)
-            improved = tracker.best_residual < before
+            fresh = (fresh & ~take) | reject
+            moved = take | give_up
+            z = torch.where(
+                moved[:, None], z_new, torch.where(reject[:, None], run.tracker.best, z)
+            )
+            f = torch.where(moved[:, None], f_new, torch.where(reject[:, None], best_f, f))
+            before = run.tracker.best_residual
+            keep = run.update(z, f)
+            improved = run.tracker.best_residual < (before if keep is None else before[keep])
+            if keep is not None:
+                z, f = run.z, run.f
+                best_f, fresh = best_f[keep], fresh[keep]
+                inv.keep(keep)
             best_f = torch.where(improved[:, None], f, best_f)
-    return apply_failure_policy(prob.result(tracker), on_failure)
+    result = run.result()
+    return apply_failure_policy(dataclasses.replace(result, inverse_jacobian=final), on_failure)
+
+
+def _mask_of(rows: Tensor, b: int) -> Tensor:
+    mask = torch.zeros(b, dtype=torch.bool, device=rows.device)
+    mask[rows] = True
+    return mask
 
 
 @dataclass(frozen=True)
@@ -236,6 +344,7 @@ class Broyden(SolverConfig):
     jacobian_guess: float = 1.0
     max_backtracks: int = 8
     max_growth: float = 100.0
+    check_every: int | None = None
 
     _function = staticmethod(broyden)
     _name = "broyden"
@@ -247,4 +356,17 @@ class Broyden(SolverConfig):
             self.jacobian_guess,
             self.max_backtracks,
             self.max_growth,
+        )
+
+    def __call__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        z0: Tensor,
+        *,
+        event_dims: int = 1,
+        inverse_jacobian: InverseJacobian | None = None,
+    ) -> SolverResult:
+        """Solve ``fn(z) = 0`` from ``z0``, optionally from a starting inverse Jacobian."""
+        return broyden(
+            fn, z0, event_dims=event_dims, inverse_jacobian=inverse_jacobian, **self.options()
         )

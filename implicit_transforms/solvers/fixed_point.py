@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from implicit_transforms.solvers._common import FlatProblem, Tracker
+from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
 from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
 
@@ -24,6 +24,7 @@ def fixed_point(
     max_iter: int = 1000,
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
+    check_every: int | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by the fixed-point iteration ``z <- z - F(z)``.
 
@@ -32,8 +33,9 @@ def fixed_point(
     most ``Lip^n / (1 - Lip) * ||z_1 - z_0||``.
 
     Convergence is tested per sample on the true residual,
-    ``||F(z)||_2 <= atol + rtol * ||z||_2`` over the event dimensions; converged samples stop
-    being updated. No autograd graph is built.
+    ``||F(z)||_2 <= atol + rtol * ||z||_2`` over the event dimensions; converged samples leave
+    the iteration (a :class:`~implicit_transforms.solvers.Rowwise` ``F`` is then evaluated on
+    the remaining samples only). No autograd graph is built.
 
     Args:
         fn: ``F``, maps ``(*batch, *event)`` to the same shape; samples must be independent.
@@ -45,6 +47,8 @@ def fixed_point(
         event_dims: number of trailing dimensions forming one problem.
         on_failure: ``"raise"`` a :class:`~implicit_transforms.ConvergenceError`, ``"warn"``
             or ``"ignore"`` when some sample fails to converge or goes non-finite.
+        check_every: iterations between reads of the convergence state by the host (default:
+            every iteration on the CPU, every 4 on accelerators, where each read synchronises).
 
     Returns:
         A :class:`~implicit_transforms.solvers.SolverResult`.
@@ -65,18 +69,19 @@ def fixed_point(
         max_iter=max_iter,
         on_failure=on_failure,
         name="fixed_point",
+        check_every=check_every,
     )
     with torch.no_grad():
-        z = prob.z0
-        f = prob(z)
-        tracker = Tracker(z, f, prob.atol, prob.rtol)
+        run = ActiveSet(prob)
+        z, f = run.z, run.f
         for _ in range(max_iter):
-            if tracker.done:
+            if run.done:
                 break
-            z = torch.where(tracker.active[:, None], z - f, z)
-            f = prob(z)
-            tracker.update(z, f)
-    return apply_failure_policy(prob.result(tracker), on_failure)
+            z = torch.where(run.active[:, None], z - f, z)
+            f = run.evaluate(z)
+            if run.update(z, f) is not None:
+                z, f = run.z, run.f
+    return apply_failure_policy(run.result(), on_failure)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,7 @@ class FixedPoint(SolverConfig):
     arguments)."""
 
     max_iter: int = 1000
+    check_every: int | None = None
 
     _function = staticmethod(fixed_point)
     _name = "fixed_point"

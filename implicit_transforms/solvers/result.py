@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -43,6 +43,9 @@ class SolverResult:
             calls): the work measure, since one call may evaluate only part of the batch.
         status: overall :class:`SolverStatus`.
         solver: name of the solver that produced the result.
+        inverse_jacobian: Broyden's final per-sample approximation of ``(dF/dz)^{-1}`` (an
+            :class:`~implicit_transforms.solvers.broyden.InverseJacobian`), ``None`` for the
+            other solvers.
     """
 
     root: Tensor
@@ -54,6 +57,7 @@ class SolverResult:
     sample_evals: int
     status: SolverStatus
     solver: str
+    inverse_jacobian: Any = None
 
     @property
     def message(self) -> str:
