@@ -129,3 +129,21 @@ class IResNetTransform(_FamilyTransform):
 class ImpFlowTransform(_FamilyTransform):
     __doc__ = "ImpFlow block (two sine networks, Broyden both ways, roulette log-det)." + _ARGS
     _family = "impflow"
+
+
+# The image builder lives in its own module; re-exported here as part of the nflows plugin.
+from implicit_transforms.plugins.nflows_images import (  # noqa: E402
+    FlattenTransform,
+    LogitTransform,
+    image_flow,
+    initialize_actnorm,
+    level_shapes,
+)
+
+__all__ += [
+    "FlattenTransform",
+    "LogitTransform",
+    "image_flow",
+    "initialize_actnorm",
+    "level_shapes",
+]

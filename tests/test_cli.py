@@ -152,7 +152,15 @@ def test_constant_feature_and_tiny_data_are_refused() -> None:
         ({"lr": float("nan")}, "--lr must be in"),
         ({"ema": 1.0}, "--ema must be in [0.0, 1.0)"),
         ({"hidden": ()}, "--hidden must be one or more positive integers"),
-        ({"dataset": "mnist"}, "unknown dataset 'mnist'"),
+        ({"dataset": "svhn"}, "unknown dataset 'svhn'"),
+        (
+            {"dataset": "digits", "model": "rq-coupling"},
+            "--model rq-coupling is a flow for vectors",
+        ),
+        ({"scales": 2}, "--scales applies to image data sets"),
+        ({"dataset": "digits", "scales": 0}, "--scales must be a positive integer"),
+        ({"dataset": "digits", "fc_blocks": -1}, "--fc-blocks must be an integer >= 0"),
+        ({"dataset": "digits", "logit_alpha": 0.5}, "--logit-alpha must be in [0, 0.5)"),
         ({"model": "glow"}, "--model must be one of"),
         ({"model": "rq-coupling", "solver": "broyden"}, "--solver does not apply"),
         ({"atol": 0.0, "rtol": 0.0}, "cannot both be 0"),
@@ -365,7 +373,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--dataset", "svhn"], "unknown dataset 'svhn'"),
+        (["--dataset", "mnist"], "mnist is read from local files: pass --data-root DIR with"),
+        (["--dataset", "mnist", "--data-root", "/nonexistent"], "mnist: missing 4 file(s)"),
+        (["--dataset", "digits", "--scales", "4"], "cannot be squeezed for level 4 of 4"),
+        (["--dataset", "moons", "--data-root", "/x"], "--data-root applies to image data sets"),
         (["--coeff", "1.5"], "--coeff must be in (0.0, 1.0)"),
         (["--steps", "0"], "--steps must be a positive integer"),
         (["--model", "rq-coupling", "--coeff", "0.9"], "--coeff does not apply"),
@@ -409,7 +421,7 @@ def test_run_dir_misuse_exit_2(
     code, _, err = run_cli(["sample", str(empty)], capsys)
     assert code == 2 and "has no config.json" in err
     code, _, err = run_cli(["sample", str(trained), "--output", str(tmp_path / "x.txt")], capsys)
-    assert code == 2 and "must end in .npy or .csv" in err
+    assert code == 2 and "must end in .npy, .csv or .png (images)" in err
     code, _, err = run_cli(["sample", str(trained), "-n", "0"], capsys)
     assert code == 2 and "-n/--num-samples must be a positive integer, got 0" in err
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_transforms.cli.data import TOY_DATASETS
+from implicit_transforms.images.data import IMAGE_DATASETS
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
 
@@ -47,6 +48,18 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "rq-impflow": {"coeff": 0.97, "activation": "sin", "solver": "broyden", "logdet": "roulette"},
 }
 
+#: Image data sets change these defaults (the Residual Flows and ImpFlow image models use
+#: LipSwish networks) and fill the image-only settings.
+IMAGE_DEFAULTS: dict[str, Any] = {
+    "activation": "lipswish",
+    "scales": 2,
+    "fc_blocks": 0,
+    "dequantization": "uniform",
+    "logit_alpha": 0.05,
+}
+IMAGE_ONLY = ("data_root", "scales", "fc_blocks", "dequantization", "logit_alpha")
+DEQUANTIZATIONS = ("uniform", "variational")
+
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
@@ -57,11 +70,18 @@ class TrainConfig:
     """All settings of one training run (see ``implicit-transforms train --help``)."""
 
     # data
-    dataset: str = _f("checkerboard", "built-in data set or a .npy/.csv file of vectors (N, D)")
+    dataset: str = _f(
+        "checkerboard",
+        "built-in data set (2-D toy densities; images: digits, mnist, fashion-mnist, cifar10) or "
+        "a .npy/.csv file of vectors (N, D)",
+    )
     n_samples: int = _f(50_000, "number of samples drawn from a built-in data set")
     val_fraction: float = _f(0.1, "fraction of the data held out for validation")
     test_fraction: float = _f(0.1, "fraction of the data held out for the final test")
     data_seed: int = _f(0, "seed of the data sampler and of the train/validation/test split")
+    data_root: str | None = _f(
+        None, "images: directory with the torchvision files of mnist, fashion-mnist, cifar10"
+    )
     # model
     model: str = _f(
         "impflow",
@@ -73,6 +93,16 @@ class TrainConfig:
     coeff: float | None = _f(None, "Lipschitz coefficient per layer, in (0, 1)")
     activation: str | None = _f(None, "activation of the Lipschitz networks", choices=ACTIVATIONS)
     actnorm: bool = _f(True, "an ActNorm layer before each block")
+    scales: int | None = _f(
+        None, "images: scales of the multiscale flow (squeeze, --blocks blocks, factor out half)"
+    )
+    fc_blocks: int | None = _f(
+        None, "images: fully connected blocks (hidden sizes --hidden) after the last scale"
+    )
+    dequantization: str | None = _f(
+        None, "images: uniform or variational dequantisation noise", choices=DEQUANTIZATIONS
+    )
+    logit_alpha: float | None = _f(None, "images: margin of the logit transform, in [0, 0.5)")
     solver: str | None = _f(None, "root solver of the implicit directions", choices=SOLVERS)
     atol: float | None = _f(
         None, "solver absolute tolerance (default: eps^(3/4): 6.5e-6 float32, 1.8e-12 float64)"
@@ -106,10 +136,18 @@ class TrainConfig:
     figure_grid: int = _f(200, "grid points per axis of the density figure")
     figure_samples: int = _f(20_000, "model samples drawn for the figure")
 
+    @property
+    def is_image(self) -> bool:
+        """Whether the data set is one of the image data sets."""
+        return self.dataset in IMAGE_DATASETS
+
     def resolved(self) -> TrainConfig:
         """Validate every field and fill the model defaults; raises ``ValueError``."""
         self._validate()
-        fills = {k: v for k, v in MODEL_DEFAULTS[self.model].items() if getattr(self, k) is None}
+        defaults = dict(MODEL_DEFAULTS[self.model])
+        if self.is_image:
+            defaults.update(IMAGE_DEFAULTS)
+        fills = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fills)
 
     def to_json(self) -> dict[str, Any]:
@@ -194,16 +232,50 @@ class TrainConfig:
                     )
             if self.compile:
                 raise ValueError("--compile does not apply to --model rq-coupling")
-        if self.dataset not in TOY_DATASETS and Path(self.dataset).suffix.lower() not in (
-            ".npy",
-            ".csv",
-        ):
+        known = (*TOY_DATASETS, *IMAGE_DATASETS)
+        if self.dataset not in known and Path(self.dataset).suffix.lower() not in (".npy", ".csv"):
             raise ValueError(
                 f"--dataset: unknown dataset {self.dataset!r}: expected one of "
-                f"{', '.join(TOY_DATASETS)} or a path to a .npy/.csv file"
+                f"{', '.join(known)} or a path to a .npy/.csv file"
             )
+        if self.is_image:
+            self._validate_image()
+        else:
+            for name in IMAGE_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"--{_flag(name)} applies to image data sets ({', '.join(IMAGE_DATASETS)}), "
+                        f"not to --dataset {self.dataset}"
+                    )
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def _validate_image(self) -> None:
+        if self.model == "rq-coupling":
+            raise ValueError(
+                "--model rq-coupling is a flow for vectors; image data sets take impflow, "
+                "resflow or iresnet (see benchmarks/images.py for a Glow-like coupling flow)"
+            )
+        if self.scales is not None and (
+            isinstance(self.scales, bool) or not isinstance(self.scales, int) or self.scales < 1
+        ):
+            raise ValueError(f"--scales must be a positive integer, got {self.scales!r}")
+        if self.fc_blocks is not None and (
+            isinstance(self.fc_blocks, bool)
+            or not isinstance(self.fc_blocks, int)
+            or self.fc_blocks < 0
+        ):
+            raise ValueError(f"--fc-blocks must be an integer >= 0, got {self.fc_blocks!r}")
+        if self.dequantization is not None and self.dequantization not in DEQUANTIZATIONS:
+            raise ValueError(
+                f"--dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got "
+                f"{self.dequantization!r}"
+            )
+        alpha = self.logit_alpha
+        if alpha is not None and not (
+            isinstance(alpha, (int, float)) and math.isfinite(alpha) and 0 <= alpha < 0.5
+        ):
+            raise ValueError(f"--logit-alpha must be in [0, 0.5), got {alpha!r}")
 
 
 def _flag(name: str) -> str:

@@ -16,6 +16,7 @@ from nflows.flows import Flow
 from torch import Tensor, nn
 
 from implicit_transforms.cli.models import blocks_of
+from implicit_transforms.cli.session import Session
 from implicit_transforms.lipschitz import LipschitzNet, certify
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear
 
@@ -28,6 +29,7 @@ __all__ = [
     "reconstruction_error",
     "refine_spectral_norms",
     "sample",
+    "split_nll",
 ]
 
 
@@ -107,7 +109,7 @@ def sample(
     ``generator`` (noise to data); shape ``(n, features)``."""
     log = solves or SolveLog()
     transform = flow._transform
-    param = next(iter(flow.buffers()))
+    param = next(iter(flow.parameters()))
     out = []
     with evaluation_mode(flow):
         for start in range(0, n, batch_size):
@@ -122,7 +124,8 @@ def sample(
 def reconstruction_error(
     flow: Flow, x: Tensor, batch_size: int, forward: SolveLog, inverse: SolveLog
 ) -> Tensor:
-    """``|inverse(forward(x)) - x|`` per sample (max over features, data units), shape ``(N,)``."""
+    """``|inverse(forward(x)) - x|`` per sample (max over features, data units; images: on the
+    ``[0, 1]`` scale), shape ``(N,)``."""
     transform = flow._transform
 
     def one(chunk: Tensor) -> Tensor:
@@ -130,10 +133,47 @@ def reconstruction_error(
             z, _ = transform(chunk)
         with inverse.watch(flow):
             back, _ = transform.inverse(z)
-        return (back - chunk).abs().amax(dim=1)
+        return (back - chunk).abs().flatten(1).amax(dim=1)
 
     with evaluation_mode(flow):
         return _batched(x, batch_size, one)
+
+
+def split_nll(
+    session: Session,
+    split: str,
+    batch_size: int,
+    seed: int,
+    solves: SolveLog | None = None,
+    *,
+    shard: bool = False,
+) -> Tensor:
+    """Per-sample negative log-likelihood (nats) of a whole split in evaluation mode, ``(N,)``
+    (float64, CPU); for images the dequantisation bound (see
+    :class:`~implicit_transforms.cli.models.DensityModel`).
+
+    The split is cut into chunks of ``batch_size``; chunk ``i``'s dequantisation noise comes
+    from the seed ``seed + i``, so the result does not depend on how the chunks are shared. With
+    ``shard`` each process of a distributed run evaluates every ``world.size``-th chunk and the
+    results are summed over processes (every rank gets the full vector).
+    """
+    log = solves or SolveLog()
+    data = session.split(split)
+    n = int(data.shape[0])
+    world = session.world
+    out = torch.zeros(n, dtype=torch.float64)
+    with evaluation_mode(session.model):
+        for i, start in enumerate(range(0, n, batch_size)):
+            if shard and i % world.size != world.rank:
+                continue
+            chunk = data[start : start + batch_size]
+            noise = session.noise(tuple(chunk.shape), seed + i)
+            with log.watch(session.flow):
+                nll = session.model(session.to_model(chunk), noise)
+            out[start : start + len(chunk)] = nll.double().cpu()
+    if shard and world.distributed:
+        out = world.sum(out.to(session.device)).cpu()
+    return out
 
 
 def refine_spectral_norms(model: nn.Module, tol: float = 1e-6) -> None:

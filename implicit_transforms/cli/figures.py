@@ -1,15 +1,23 @@
-"""The run figure: model density on a grid, data histogram, model samples (matplotlib)."""
+"""The run figure (matplotlib): for vectors the model density on a grid, the data histogram and
+model samples; for images a grid of data next to a grid of samples."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["grid_bounds", "plot_density_figure"]
+__all__ = [
+    "grid_bounds",
+    "image_grid",
+    "plot_density_figure",
+    "plot_image_figure",
+    "save_image_grid",
+]
 
 
 def grid_bounds(data: Tensor, margin: float = 0.1) -> tuple[float, float, float, float]:
@@ -80,3 +88,70 @@ def plot_density_figure(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def image_grid(images: Tensor, columns: int = 8) -> np.ndarray:
+    """``(N, C, H, W)`` values in ``[0, 1]`` as one picture ``(rows (H+1) + 1, cols (W+1) + 1,
+    C)`` with 1-pixel gaps (white), row by row."""
+    n, c, h, w = images.shape
+    rows = max(1, -(-n // columns))
+    out = np.ones((rows * (h + 1) + 1, columns * (w + 1) + 1, c))
+    arr = images.detach().double().clamp(0, 1).cpu().numpy().transpose(0, 2, 3, 1)
+    for i in range(n):
+        r, col = divmod(i, columns)
+        out[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + col * (w + 1) : 1 + col * (w + 1) + w] = arr[
+            i
+        ]
+    return out
+
+
+def plot_image_figure(path: Path, data: Tensor, samples: Tensor, *, title: str) -> Path:
+    """Write a PNG with a grid of data images next to a grid of model samples.
+
+    Args:
+        path: output ``.png`` file.
+        data: ``(N, C, H, W)`` images in ``[0, 1]``.
+        samples: ``(M, C, H, W)`` model samples in ``[0, 1]`` (clamped).
+        title: the figure title.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 4.6))
+    for ax, imgs, name in (
+        (axes[0], data, "data (test split)"),
+        (axes[1], samples, "model samples"),
+    ):
+        grid = image_grid(imgs)
+        if grid.shape[2] == 1:
+            ax.imshow(grid[:, :, 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(grid, interpolation="nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_image_grid(path: Path, images: Tensor, columns: int = 8) -> Path:
+    """Write ``(N, C, H, W)`` images in ``[0, 1]`` as one PNG grid (no axes, no title)."""
+    plt = _pyplot()
+    grid = image_grid(images, columns)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plt.imsave(path, grid[:, :, 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+    return path
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError(
+            "the figure needs matplotlib: pip install 'implicit-transforms[plot]'"
+        ) from err
+    return plt

@@ -8,6 +8,9 @@ Examples::
     implicit-transforms train --resume runs/checkerboard-impflow-... --steps 4000
     implicit-transforms evaluate runs/checkerboard-impflow-...
     implicit-transforms sample runs/checkerboard-impflow-... -n 1000 --output x.csv
+    implicit-transforms train --dataset digits --model impflow       # an image flow
+    implicit-transforms sample runs/digits-impflow-... -n 64 --output grid.png
+    torchrun --nproc_per_node 2 -m implicit_transforms train --dataset mnist --data-root DATA
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import torch
 
 from implicit_transforms.cli.config import TrainConfig, add_config_arguments, config_from_args
 from implicit_transforms.cli.data import TOY_DATASETS
+from implicit_transforms.cli.distributed import World, setup, teardown
 from implicit_transforms.cli.evaluation import SolveLog, sample
+from implicit_transforms.cli.figures import save_image_grid
 from implicit_transforms.cli.report import load_weights, write_report
 from implicit_transforms.cli.rundir import RunDir
 from implicit_transforms.cli.session import Session
 from implicit_transforms.cli.training import TrainingStopped, train
 from implicit_transforms.errors import ConvergenceError
+from implicit_transforms.images.data import IMAGE_DATASETS
 
 __all__ = ["build_parser", "main"]
 
@@ -48,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train implicit and residual normalizing flows (ImpFlow, Residual Flows, "
-        "i-ResNet) on 2-D toy densities or your own vectors.",
-        epilog=f"Built-in data sets: {', '.join(TOY_DATASETS)}. "
+        "i-ResNet) on 2-D toy densities, your own vectors, or images.",
+        epilog=f"Built-in data sets: {', '.join(TOY_DATASETS)}; images: {', '.join(IMAGE_DATASETS)}. "
         f"Run `{PROG} <command> --help` for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)
@@ -85,14 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_sample = sub.add_parser(
         "sample",
         help="draw samples from a trained flow",
-        description="Draw samples (data units) from a run's weights into a .npy or .csv file.",
+        description="Draw samples (data units) from a run's weights into a .npy or .csv file; "
+        "image runs write pixels to .npy or a grid to .png.",
     )
     p_sample.add_argument("run_dir", type=Path, help="a directory written by `train`")
     p_sample.add_argument(
         "-n", "--num-samples", type=int, default=1000, help="how many (default: 1000)"
     )
     p_sample.add_argument(
-        "--output", type=Path, help="a .npy or .csv file (default: RUN_DIR/samples.npy)"
+        "--output",
+        type=Path,
+        help="a .npy or .csv file, or .png for images (default: RUN_DIR/samples.npy)",
     )
     p_sample.add_argument("--seed", type=int, default=0, help="seed of the base noise (default: 0)")
     p_sample.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -158,24 +167,43 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = config_from_args(args)
     cfg = cfg.resolved()
-    if args.resume is None:
-        run = RunDir(args.run_dir or Path("runs") / _default_name(cfg))
-        if run.root.exists() and any(run.root.iterdir()):
-            if not args.overwrite:
-                raise _UsageError(
-                    f"run directory {str(run.root)!r} is not empty; pass --overwrite, another "
-                    "--run-dir, or --resume to continue it"
-                )
-            shutil.rmtree(run.root)
-        run.root.mkdir(parents=True, exist_ok=True)
-    session = Session.create(cfg, device=args.device)
-    run.config.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
-    print(
-        f"training {cfg.model} ({cfg.blocks} blocks, {session.num_parameters} parameters) on "
-        f"{cfg.dataset} (D={session.splits.features}, {session.splits.train.shape[0]} train rows) "
-        f"for {cfg.steps} steps on {session.device}; run directory: {run.root}"
-    )
-    summary = train(session, run, resume=args.resume is not None, progress=args.progress)
+    world = setup(args.device or cfg.device)
+    try:
+        return _train_in(args, cfg, world, None if args.resume is None else run)
+    finally:
+        teardown(world)
+
+
+def _train_in(
+    args: argparse.Namespace, cfg: TrainConfig, world: World, resumed: RunDir | None
+) -> int:
+    if resumed is None:
+        # One name for every process (the default contains the time): rank 0's.
+        run = RunDir(world.broadcast(args.run_dir or Path("runs") / _default_name(cfg)))
+        if world.main:
+            if run.root.exists() and any(run.root.iterdir()):
+                if not args.overwrite:
+                    raise _UsageError(
+                        f"run directory {str(run.root)!r} is not empty; pass --overwrite, "
+                        "another --run-dir, or --resume to continue it"
+                    )
+                shutil.rmtree(run.root)
+            run.root.mkdir(parents=True, exist_ok=True)
+        world.barrier()
+    else:
+        run = resumed
+    session = Session.create(cfg, device=args.device, world=world)
+    if world.main:
+        run.config.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        procs = f" in {world.size} processes" if world.distributed else ""
+        print(
+            f"training {_describe_model(session)}, {session.num_parameters} parameters, on "
+            f"{_describe_data(session)} for {cfg.steps} steps on {session.device}{procs}; run "
+            f"directory: {run.root}"
+        )
+    summary = train(session, run, resume=resumed is not None, progress=args.progress)
+    if not world.main:
+        return 0
     best = load_weights(session, run, "best")
     report = write_report(
         session,
@@ -185,11 +213,30 @@ def _train(args: argparse.Namespace) -> int:
             "best_val_nll": best["val_nll"],
             "steps": summary["steps"],
             "wall_time_s": summary["wall_time_s"],
+            "processes": world.size,
             "checkpoint": "best",
         },
     )
     _print_summary(report, run)
     return 0
+
+
+def _describe_model(session: Session) -> str:
+    cfg = session.cfg
+    if session.is_image:
+        return f"{cfg.model} ({cfg.scales} scales x {cfg.blocks} blocks, {cfg.hidden[0]} channels)"
+    return f"{cfg.model} ({cfg.blocks} blocks)"
+
+
+def _describe_data(session: Session) -> str:
+    cfg, train_rows = session.cfg, len(session.split("train"))
+    if session.images is not None:
+        c, h, w = session.images.shape
+        return (
+            f"{cfg.dataset} ({c}x{h}x{w} images, {session.images.levels} levels, {train_rows} "
+            "train images)"
+        )
+    return f"{cfg.dataset} (D={session.features}, {train_rows} train rows)"
 
 
 def _default_name(cfg: TrainConfig) -> str:
@@ -228,37 +275,65 @@ def _sample(args: argparse.Namespace) -> int:
     if args.num_samples < 1:
         raise _UsageError(f"-n/--num-samples must be a positive integer, got {args.num_samples}")
     out = args.output or RunDir(args.run_dir).samples
-    if out.suffix.lower() not in (".npy", ".csv"):
-        raise _UsageError(f"--output must end in .npy or .csv, got {str(out)!r}")
+    suffix = out.suffix.lower()
+    if suffix not in (".npy", ".csv", ".png"):
+        raise _UsageError(f"--output must end in .npy, .csv or .png (images), got {str(out)!r}")
     session, _, _ = _load_run(args)
+    if session.is_image and suffix == ".csv":
+        raise _UsageError("image samples go to a .npy file (pixels) or a .png grid, not .csv")
+    if not session.is_image and suffix == ".png":
+        raise _UsageError("--output .png is for image models; use .npy or .csv")
     gen = torch.Generator(device=session.device).manual_seed(args.seed)
     log = SolveLog()
-    x = sample(session.flow, args.num_samples, session.splits.features,
+    x = sample(session.flow, args.num_samples, session.features,
                session.cfg.eval_batch_size, gen, log)  # fmt: skip
-    arr = x.double().cpu().numpy()
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".npy":
-        np.save(out, arr)
+    what = "samples"
+    if session.images is not None:
+        levels = session.images.levels
+        x01 = x.double().clamp(0, 1).cpu()
+        if suffix == ".png":
+            save_image_grid(out, x01)
+            what = "samples as a PNG grid"
+        else:  # quantised back to pixels, as the data set stores them
+            pixels = torch.floor(x01 * levels).clamp(0, levels - 1).to(torch.uint8)
+            np.save(out, pixels.numpy())
+            what = f"samples (uint8 pixels 0..{levels - 1}, shape (n, C, H, W))"
     else:
-        np.savetxt(out, arr, delimiter=",", fmt="%.10g")
+        arr = x.double().cpu().numpy()
+        if suffix == ".npy":
+            np.save(out, arr)
+        else:
+            np.savetxt(out, arr, delimiter=",", fmt="%.10g")
     iters = "" if log.mean is None else f" (mean {log.mean:.1f} solver iterations per block)"
-    print(f"wrote {args.num_samples} samples to {out}{iters}")
+    print(f"wrote {args.num_samples} {what} to {out}{iters}")
     return 0
 
 
 def _print_summary(report: dict[str, Any], run: RunDir) -> None:
     t = report["test"]
-    entropy = report.get("data_entropy_bits")
-    ref = f" (data entropy {entropy:.2f} bits)" if entropy is not None else ""
-    print(f"test NLL: {t['nll_bits']:.3f} bits = {t['nll_nats']:.3f} nats per sample{ref}")
+    if "bits_per_dim" in t:
+        print(
+            f"test: {t['bits_per_dim']:.4f} ± {t['bits_per_dim_stderr']:.4f} bits/dim "
+            f"({report['levels']} grey levels, {report['n_test']} images, {t['logdet']} log-det)"
+        )
+    else:
+        entropy = report.get("data_entropy_bits")
+        ref = f" (data entropy {entropy:.2f} bits)" if entropy is not None else ""
+        print(f"test NLL: {t['nll_bits']:.3f} bits = {t['nll_nats']:.3f} nats per sample{ref}")
     rec, its = report["reconstruction_error"], report["solver_iterations"]
     print(
         f"inverse reconstruction error: max {rec['max']:.2e}; mean solver iterations per block: "
-        f"forward {_fmt(its['forward_mean'])}, inverse {_fmt(its['inverse_mean'])}"
+        f"forward {_fmt(its['forward_mean'])}, inverse {_fmt(its['inverse_mean'])}; certified "
+        f"Lipschitz bound {_fmt3(report['lipschitz_bound'])}"
     )
     print(f"report: {run.report}")
     if report.get("figure"):
         print(f"figure: {report['figure']}")
+
+
+def _fmt3(v: float | None) -> str:
+    return "none" if v is None else f"{v:.3f}"
 
 
 def _fmt(v: float | None) -> str:

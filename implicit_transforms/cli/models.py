@@ -1,12 +1,15 @@
 """Flows for the trainer, assembled from the nflows plugin (and nflows' own coupling layers).
 
-Every flow maps data to noise as ``Standardize -> [ActNorm -> block] x L -> N(0, I)``. The
-first layer is the fixed standardisation with training statistics, so ``flow.log_prob`` is a
-density in the units of the data.
+Every vector flow maps data to noise as ``Standardize -> [ActNorm -> block] x L -> N(0, I)``.
+The first layer is the fixed standardisation with training statistics, so ``flow.log_prob`` is
+a density in the units of the data. Image flows are the multiscale flows of
+:func:`~implicit_transforms.plugins.nflows.image_flow` on dequantised pixels in ``[0, 1]``;
+:class:`DensityModel` turns either into the training objective.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -20,10 +23,11 @@ from nflows.transforms import (
     Transform,
 )
 from nflows.utils import create_alternating_binary_mask
-from torch import Tensor
+from torch import Tensor, nn
 
 from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock, build_block
 from implicit_transforms.cli.config import TrainConfig
+from implicit_transforms.images import VariationalDequantizer, dequantize
 from implicit_transforms.logdet import (
     ExactLogDet,
     Geometric,
@@ -31,10 +35,18 @@ from implicit_transforms.logdet import (
     PowerSeriesLogDet,
     RouletteLogDet,
 )
-from implicit_transforms.plugins.nflows import BlockTransform
+from implicit_transforms.plugins.nflows import BlockTransform, image_flow
 from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, Solver
 
-__all__ = ["Standardize", "blocks_of", "build_flow", "make_logdet", "make_solver"]
+__all__ = [
+    "DensityModel",
+    "Standardize",
+    "blocks_of",
+    "build_flow",
+    "build_image_flow",
+    "make_logdet",
+    "make_solver",
+]
 
 
 class Standardize(Transform):
@@ -154,3 +166,80 @@ def blocks_of(flow: torch.nn.Module) -> Iterator[InvertibleBlock]:
     for module in flow.modules():
         if isinstance(module, InvertibleBlock):
             yield module
+
+
+def build_image_flow(
+    cfg: TrainConfig, shape: tuple[int, int, int], generator: torch.Generator | None = None
+) -> Flow:
+    """The multiscale image flow described by a resolved image ``cfg`` for images ``shape``.
+
+    ``--scales`` scales of ``--blocks`` blocks each, ``--hidden``'s first entry as the hidden
+    channels of every convolutional block, ``--fc-blocks`` fully connected blocks (hidden sizes
+    ``--hidden``) at the end. Events of at most 64 numbers get the exact log-det in evaluation,
+    larger ones the (unbiased) training estimator.
+    """
+    if cfg.scales is None or cfg.coeff is None or cfg.activation is None or cfg.logdet is None:
+        raise ValueError("build_image_flow needs a resolved image config: pass cfg.resolved()")
+    generator = generator or torch.Generator()
+    return image_flow(
+        shape,
+        cfg.model,
+        levels=cfg.scales,
+        blocks_per_level=cfg.blocks,
+        hidden_channels=cfg.hidden[0],
+        fc_blocks=cfg.fc_blocks or 0,
+        fc_hidden=list(cfg.hidden),
+        activation=cfg.activation,
+        actnorm=cfg.actnorm,
+        logit_alpha=0.05 if cfg.logit_alpha is None else cfg.logit_alpha,
+        coeff=cfg.coeff,
+        solver=make_solver(cfg),
+        logdet_train=make_logdet(cfg, generator),
+        compile=cfg.compile,
+    )
+
+
+class DensityModel(nn.Module):
+    r"""The training objective of a flow: the negative log-likelihood of each sample (nats).
+
+    * vectors: ``-log p(x)`` in data units;
+    * images ``k`` with ``L`` levels: the dequantisation bound
+      ``-(log p((k + u) / L) - log q(u | k) - D log L)``, whose mean divided by ``D ln 2`` is
+      bits/dim (``u`` uniform: ``noise`` is ``u``, ``log q = 0``; variational: ``noise`` is the
+      Gaussian ``eps`` of the :class:`~implicit_transforms.images.VariationalDequantizer`).
+
+    A module of its own so that the flow and the dequantiser are trained, averaged (EMA) and
+    wrapped for distributed data parallel training together.
+
+    Args:
+        flow: the nflows ``Flow``.
+        levels: grey levels ``L`` for images, ``None`` for vectors.
+        dequantizer: the variational dequantiser, or ``None`` (uniform).
+    """
+
+    def __init__(
+        self,
+        flow: Flow,
+        levels: int | None = None,
+        dequantizer: VariationalDequantizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.flow = flow
+        self.levels = levels
+        self.dequantizer = dequantizer
+
+    def forward(self, data: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Per-sample NLL ``(B,)`` of ``data`` (vectors ``(B, D)`` or integer images
+        ``(B, C, H, W)`` as floats, with ``noise`` of the same shape)."""
+        if self.levels is None:
+            return -self.flow.log_prob(data)
+        if noise is None:
+            raise ValueError("DensityModel: images need dequantisation noise")
+        dims = math.prod(data.shape[1:])
+        if self.dequantizer is None:
+            u, log_q = noise, None
+        else:
+            u, log_q = self.dequantizer(data, noise)
+        log_p = self.flow.log_prob(dequantize(data, self.levels, u))
+        elbo = log_p if log_q is None else log_p - log_q
+        return -(elbo - dims * math.log(self.levels))

@@ -21,14 +21,27 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from implicit_transforms.cli.evaluation import SolveLog, log_prob, refine_spectral_norms
+from implicit_transforms.cli.distributed import check_in_sync
+from implicit_transforms.cli.evaluation import SolveLog, refine_spectral_norms, split_nll
 from implicit_transforms.cli.rundir import RunDir
 from implicit_transforms.cli.session import Session
 from implicit_transforms.errors import ConvergenceError
+from implicit_transforms.images import dequantize
+from implicit_transforms.plugins.nflows import initialize_actnorm
 
-__all__ = ["EMA", "TrainingStopped", "batch_indices", "lr_factor", "train", "validate"]
+__all__ = [
+    "EMA",
+    "TrainingStopped",
+    "batch_indices",
+    "flow_input",
+    "lr_factor",
+    "noise_seed",
+    "step_seed",
+    "train",
+    "validate",
+]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 class TrainingStopped(RuntimeError):
@@ -128,14 +141,32 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     return torch.randperm(n, generator=g)[pos * b : (pos + 1) * b]
 
 
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of the log-det estimator's randomness at ``step`` on process ``rank``: a
+    function of its arguments, so resumed runs draw the same numbers and every process of a
+    distributed run draws its own."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """The seed of the dequantisation noise of the global batch of ``step`` (all processes
+    draw the whole batch's noise and take their share)."""
+    return (seed * 1_000_003 + step) * 1_009 + 997_001
+
+
+VALIDATION_SEED_OFFSET = 7_919
+
+
 def validate(session: Session, ema: EMA | None) -> float:
-    """Mean validation NLL (nats per sample) with the weights used for model selection."""
-    with ema.applied(session.flow) if ema is not None else nullcontext():
-        refine_spectral_norms(session.flow)
-        lp = log_prob(
-            session.flow, session.to_model(session.splits.validation), session.cfg.eval_batch_size
-        )
-    return float(-lp.double().mean())
+    """Mean validation NLL (nats per sample) with the weights used for model selection.
+
+    In a distributed run every process evaluates its share and the results are summed."""
+    cfg = session.cfg
+    with ema.applied(session.model) if ema is not None else nullcontext():
+        refine_spectral_norms(session.model)
+        nll = split_nll(session, "validation", cfg.eval_batch_size,
+                        cfg.seed + VALIDATION_SEED_OFFSET, shard=True)  # fmt: skip
+    return float(nll.mean())
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -144,9 +175,24 @@ def _save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _weights(session: Session, ema: EMA | None) -> dict[str, Tensor]:
-    with ema.applied(session.flow) if ema is not None else nullcontext():
-        return {k: v.detach().clone() for k, v in session.flow.state_dict().items()}
+def _weights(session: Session, ema: EMA | None) -> dict[str, Any]:
+    with ema.applied(session.model) if ema is not None else nullcontext():
+        deq = session.model.dequantizer
+        return {
+            "model": {k: v.detach().clone() for k, v in session.flow.state_dict().items()},
+            "dequantizer": None if deq is None else {k: v.detach().clone()
+                                                     for k, v in deq.state_dict().items()},
+        }  # fmt: skip
+
+
+def flow_input(session: Session, data: Tensor, noise: Tensor | None) -> Tensor:
+    """What the flow itself sees for a batch: vectors as they are, images dequantised to
+    ``[0, 1]`` (with the variational dequantiser's ``u`` when there is one)."""
+    if session.images is None or noise is None:
+        return data
+    deq = session.model.dequantizer
+    u = noise if deq is None else deq(data, noise)[0]
+    return dequantize(data, session.images.levels, u)
 
 
 @dataclass
@@ -188,11 +234,16 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``session.flow`` for ``session.cfg.steps`` steps, writing into ``run``.
+    """Train ``session.model`` for ``session.cfg.steps`` steps, writing into ``run``.
 
     Writes ``metrics.jsonl`` (a line per step, a line per validation), ``checkpoint.pt`` after
     every validation and ``best.pt`` whenever the validation NLL improves. With ``resume`` the
     state of ``checkpoint.pt`` is restored first and the metrics after it are discarded.
+
+    In a distributed run (``session.world``) every process takes an equal share of each global
+    batch of ``--batch-size``, the gradients are averaged by DDP, and only rank 0 writes files.
+    The ActNorm layers are initialised on the first global batch before training (the same on
+    every rank), and the log-det estimators draw from a seed of (seed, step, rank).
 
     Returns:
         ``{"best_step", "best_val_nll", "steps", "wall_time_s"}``.
@@ -201,25 +252,45 @@ def train(
         TrainingStopped: on a non-finite loss or gradient or a solver failure; the last good
             checkpoint is kept.
     """
-    cfg, flow = session.cfg, session.flow
-    train_x = session.to_model(session.splits.train)
-    opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cfg, flow, model, world = session.cfg, session.flow, session.model, session.world
+    data = session.split("train")
+    n = int(data.shape[0])
+    if min(cfg.batch_size, n) % world.size:
+        raise ValueError(
+            f"--batch-size {min(cfg.batch_size, n)} (the global batch) must be divisible by the "
+            f"{world.size} processes"
+        )
+    train_data = data.to(session.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup=cfg.warmup, total=cfg.steps, schedule=cfg.schedule)
     )
-    ema = EMA(flow, cfg.ema) if cfg.ema > 0 else None
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     state: dict[str, Any] = {"step": 0, "best_step": None, "best_val_nll": math.inf, "wall": 0.0}
 
+    def batch(step: int, share: bool = True) -> tuple[Tensor, Tensor | None]:
+        """This process's share of the global batch of ``step`` (or all of it)."""
+        idx = batch_indices(step, n, cfg.batch_size, cfg.seed)
+        noise = session.noise((len(idx), *data.shape[1:]), noise_seed(cfg.seed, step))
+        if share:
+            idx = idx.chunk(world.size)[world.rank]
+            noise = None if noise is None else noise.chunk(world.size)[world.rank]
+        return session.to_model(train_data[idx.to(session.device)]), noise
+
     def checkpoint() -> None:
+        if not world.main:
+            return
+        deq = model.dequantizer
         _save(
             {
                 "format": CHECKPOINT_FORMAT,
                 "config": cfg.to_json(),
                 "model": flow.state_dict(),
+                "dequantizer": None if deq is None else deq.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "ema": None if ema is None else ema.state_dict(),
-                "estimator_rng": session.generator.get_state(),
+                "world_size": world.size,
                 "torch_rng": torch.get_rng_state(),
                 **state,
             },
@@ -234,38 +305,56 @@ def train(
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{run.checkpoint}: unknown checkpoint format {ckpt.get('format')!r}")
         flow.load_state_dict(ckpt["model"])
+        if model.dequantizer is not None:
+            model.dequantizer.load_state_dict(ckpt["dequantizer"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if ema is not None and ckpt["ema"] is not None:
             ema.load_state_dict(ckpt["ema"])
-        session.generator.set_state(ckpt["estimator_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         state.update({k: ckpt[k] for k in state})
-        _truncate_metrics(run.metrics, state["step"])
-        log(f"resuming {run.root} from step {state['step']}")
+        if world.main:
+            _truncate_metrics(run.metrics, state["step"])
+            log(f"resuming {run.root} from step {state['step']}")
     else:
-        run.metrics.write_text("")
+        # Data-dependent initialisation on the first global batch, identically on every rank.
+        x0, u0 = batch(0, share=False)
+        session.generator.manual_seed(step_seed(cfg.seed, -1, world.rank))
+        with torch.no_grad():
+            initialize_actnorm(flow, flow_input(session, x0, u0))
+        if ema is not None:
+            ema = EMA(model, cfg.ema)
+        if world.main:
+            run.metrics.write_text("")
         checkpoint()  # step 0: a last good state exists before the first step
 
     if state["step"] >= cfg.steps:
         return _summary(state)
-    bar = _Progress(cfg.steps, state["step"], progress, log)
-    metrics = run.metrics.open("a")
+    net: nn.Module = model
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [session.device] if session.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+    bar = _Progress(cfg.steps, state["step"], progress and world.main, log)
+    metrics = run.metrics.open("a") if world.main else None
     t_start = time.perf_counter() - state["wall"]
     val_bits = None
+    scale = 1 / (math.log(2) * (session.features if session.is_image else 1))
     try:
         for step in range(state["step"], cfg.steps):
-            idx = batch_indices(step, train_x.shape[0], cfg.batch_size, cfg.seed)
-            flow.train()
+            x, noise = batch(step)
+            session.generator.manual_seed(step_seed(cfg.seed, step, world.rank))
+            model.train()
             solves = SolveLog()
             try:
                 with solves.watch(flow):
-                    loss = -flow.log_prob(train_x[idx.to(train_x.device)]).mean()
+                    loss = net(x, noise).mean()
             except (ConvergenceError, ValueError) as err:
                 # A diverged step shows up here as a solver failure or as NaN/Inf reaching a
                 # block's input check: stop and keep the last good checkpoint either way.
                 raise stop(step, _first_line(err)) from err
-            loss_value = float(loss.detach())
+            loss_value = float(world.sum(loss.detach().reshape(1))) / world.size
             if not math.isfinite(loss_value):
                 raise stop(step, f"the loss is {loss_value}")
             opt.zero_grad(set_to_none=True)
@@ -274,16 +363,16 @@ def train(
             except (ConvergenceError, ValueError) as err:
                 raise stop(step, f"in the backward pass, {_first_line(err)}") from err
             max_norm = cfg.clip_grad if cfg.clip_grad > 0 else math.inf
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(flow.parameters(), max_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             if not math.isfinite(grad_norm):
                 raise stop(step, f"the gradient norm is {grad_norm}")
             lr = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
             if ema is not None:
-                ema.update(flow)
+                ema.update(model)
             done = step + 1
-            row = {
+            row: dict[str, Any] = {
                 "step": done,
                 "loss": loss_value,
                 "bits": loss_value / math.log(2),
@@ -291,35 +380,41 @@ def train(
                 "grad_norm": grad_norm,
                 "solver_iters": solves.mean,
             }
-            metrics.write(json.dumps(row) + "\n")
+            if session.is_image:
+                row["bits_per_dim"] = loss_value * scale
+            if metrics is not None:
+                metrics.write(json.dumps(row) + "\n")
             if done % cfg.eval_every == 0 or done == cfg.steps:
+                check_in_sync(world, model)
                 val_nll = validate(session, ema)
-                val_bits = val_nll / math.log(2)
+                val_bits = val_nll * scale
                 improved = val_nll < state["best_val_nll"]
                 if improved:
                     state["best_step"], state["best_val_nll"] = done, val_nll
-                    _save(
-                        {"step": done, "val_nll": val_nll, "model": _weights(session, ema)},
-                        run.best,
-                    )
-                metrics.write(
-                    json.dumps(
-                        {"step": done, "val_nll": val_nll, "val_bits": val_bits, "best": improved}
-                    )
-                    + "\n"
-                )
-                metrics.flush()
+                    weights = _weights(session, ema)
+                    if world.main:
+                        _save({"step": done, "val_nll": val_nll, **weights}, run.best)
+                if metrics is not None:
+                    val_row = {"step": done, "val_nll": val_nll, "val_bits": val_nll / math.log(2),
+                               "best": improved}  # fmt: skip
+                    if session.is_image:
+                        val_row["val_bits_per_dim"] = val_bits
+                    metrics.write(json.dumps(val_row) + "\n")
+                    metrics.flush()
                 state["step"], state["wall"] = done, time.perf_counter() - t_start
                 checkpoint()
-            info = {"loss": f"{loss_value:.3f}", "bits": f"{row['bits']:.3f}"}
+            info = {"loss": f"{loss_value:.3f}", "bits/dim" if session.is_image else "bits":
+                    f"{loss_value * scale:.3f}"}  # fmt: skip
             if solves.mean is not None:
                 info["iters"] = f"{solves.mean:.1f}"
             if val_bits is not None:
-                info["val_bits"] = f"{val_bits:.3f}"
+                info["val_bpd" if session.is_image else "val_bits"] = f"{val_bits:.3f}"
             bar.update(done, info)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         bar.close()
+    world.barrier()
     return _summary(state)
 
 
