@@ -247,7 +247,9 @@ def test_train_writes_the_run_directory(trained: Path) -> None:
         assert (trained / name).is_file(), name
     assert (trained / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = json.loads((trained / "config.json").read_text())
-    assert cfg["model"] == "impflow" and cfg["solver"] == "broyden" and cfg["coeff"] == 0.97
+    # the default model, chosen by measurement: RQ coupling mixed with ImpFlow
+    assert cfg["model"] == "rq-impflow" and cfg["solver"] == "broyden" and cfg["coeff"] == 0.97
+    assert cfg["logdet"] == "exact" and cfg["lr"] == 2e-3
     lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in lines if "loss" in r]
     vals = [r for r in lines if "val_nll" in r]

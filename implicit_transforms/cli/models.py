@@ -131,7 +131,13 @@ def build_flow(
         logdet_eval = None
         if features > EXACT_LOGDET_MAX_DIM:  # a high-precision estimate for evaluation
             logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
-        if cfg.coeff is None or cfg.activation is None or cfg.solver is None or cfg.logdet is None:
+        if (
+            cfg.model is None
+            or cfg.coeff is None
+            or cfg.activation is None
+            or cfg.solver is None
+            or cfg.logdet is None
+        ):
             raise ValueError("build_flow needs a resolved config: pass cfg.resolved()")
         block = build_block(
             "impflow" if cfg.model == "rq-impflow" else cfg.model,

@@ -261,6 +261,8 @@ def train(
             f"{world.size} processes"
         )
     train_data = data.to(session.device)
+    if cfg.lr is None:
+        raise ValueError("training needs a resolved config: pass cfg.resolved()")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, warmup=cfg.warmup, total=cfg.steps, schedule=cfg.schedule)
