@@ -269,7 +269,11 @@ def test_train_writes_the_run_directory(trained: Path) -> None:
     its = report["solver_iterations"]
     assert its["forward_mean"] > 0 and its["inverse_mean"] > 0
     assert report["lipschitz_bound"] < 1.0
-    assert report["parameters"] == 2 * 2 * (2 * 8 + 8 + 8 * 2 + 2) + 2 * 4  # 4 sine nets + ActNorm
+    # two ActNorms, one ImpFlow block (two 2-8-2 nets) and one RQ coupling whose ResidualNet
+    # maps the 1 conditioning feature through one 8-wide residual block to 3 * 8 - 1 spline
+    # parameters (8 bins, linear tails)
+    rq_net = (1 * 8 + 8) + 2 * (8 * 8 + 8) + (8 * 23 + 23)
+    assert report["parameters"] == 2 * 4 + 2 * (2 * 8 + 8 + 8 * 2 + 2) + rq_net
     assert report["wall_time_s"] > 0 and report["steps"] == 6
     assert report["n_test"] == 40 and report["samples_nonfinite"] == 0
 
@@ -478,7 +482,7 @@ def test_large_events_are_validated_with_a_high_precision_estimate() -> None:
     from implicit_transforms.cli.models import blocks_of, build_flow
     from implicit_transforms.logdet import PowerSeriesLogDet
 
-    cfg = TrainConfig(blocks=1, hidden=(8,)).resolved()
+    cfg = TrainConfig(model="impflow", blocks=1, hidden=(8,)).resolved()
     flow = build_flow(cfg, torch.zeros(70), torch.ones(70))
     (block,) = blocks_of(flow)
     block.eval()
