@@ -4,7 +4,11 @@ Direction: Pyro's ``_call`` (base to sample, used by ``rsample`` in guides) is t
 forward map, which for the residual blocks is the explicit ``x + g(x)``: a guide that samples
 and then scores its own samples (cache hit) never solves anything. ``_inverse`` solves.
 ``log_abs_det_jacobian(x, y)`` reuses the value computed with the cached pair, and otherwise
-recomputes it from ``(x, y)`` without any solve.
+recomputes it from ``(x, y)`` without any solve. Without gradients (``.sample()``), ``_call``
+computes the map alone and the log-det only when it is asked for.
+
+Ready-made guides (elementwise affine layers, whole stacks, an autoguide) are in
+:mod:`implicit_transforms.plugins.pyro_guides` and re-exported here.
 
 Example:
     >>> import torch, pyro.distributions as dist
@@ -37,20 +41,28 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 
 __all__ = [
+    "AutoFlowStack",
     "BlockTransformModule",
     "ConditionalBlockTransformModule",
+    "ConditionalElementwiseAffine",
     "ConditionalIResNet",
     "ConditionalImpFlow",
+    "ConditionalInverseBlockTransformModule",
     "ConditionalResFlow",
+    "ElementwiseAffine",
     "FlowDistribution",
     "IResNet",
     "ImpFlow",
+    "InverseBlockTransformModule",
     "ResFlow",
+    "conditional_flow_stack",
     "conditional_impflow",
     "conditional_iresnet",
     "conditional_resflow",
+    "flow_stack",
     "impflow",
     "iresnet",
+    "recipe_options",
     "resflow",
 ]
 
@@ -103,6 +115,10 @@ class BlockTransformModule(TransformModule):
             self._logdet_cache = (x, y, ld)
 
     def _call(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            # Sampling (``.sample()`` runs without gradients): the log-det is left to
+            # ``log_abs_det_jacobian``, which computes it from the pair if it is asked for.
+            return self.block.forward_map(x, self.context)
         y, ld = self.block.forward_and_logdet(x, self.context)
         self._remember(x, y, ld)
         return y
@@ -334,6 +350,14 @@ class FlowDistribution(pdist.TorchDistribution):
         """Reparameterised sample."""
         return self.rsample_and_log_prob(sample_shape)[0]
 
+    def sample(self, sample_shape: _Shape = ()) -> Tensor:
+        """Sample without gradients: the forward maps alone, no log-det work."""
+        with torch.no_grad():
+            x = self.base.sample(torch.Size(sample_shape))
+            for block, ctx in zip(self.blocks, self.contexts, strict=True):
+                x = block.forward_map(x, ctx)
+        return x
+
     def log_prob(self, value: Tensor) -> Tensor:
         """``log q(value)`` by inverting every block (solves)."""
         log_det = value.new_zeros(value.shape[: value.dim() - len(self.event_shape)])
@@ -341,3 +365,16 @@ class FlowDistribution(pdist.TorchDistribution):
             value, ld = block.inverse_and_logdet(value, ctx)
             log_det = log_det + ld
         return self.base.log_prob(value) + log_det
+
+
+# The guide recipes build on the classes above; re-exported so that one import serves both.
+from implicit_transforms.plugins.pyro_guides import (  # noqa: E402
+    AutoFlowStack,
+    ConditionalElementwiseAffine,
+    ConditionalInverseBlockTransformModule,
+    ElementwiseAffine,
+    InverseBlockTransformModule,
+    conditional_flow_stack,
+    flow_stack,
+    recipe_options,
+)
