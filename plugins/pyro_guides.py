@@ -351,7 +351,7 @@ def _check_recipe(family: str, blocks: int | None, explicit: str) -> int:
 
 def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
     if hidden_dims is None:
-        return [max(16, 4 * input_dim)] * 2
+        return [max(32, 4 * input_dim)] * 2
     sizes = list(hidden_dims)
     for h in sizes:
         _check_dim("hidden_dims entries", h)
@@ -392,7 +392,7 @@ def flow_stack(
         blocks: number of blocks (default: 2 ImpFlow or 4 residual blocks, the same number of
             networks).
         hidden_dims: hidden sizes of every network (default two layers of
-            ``max(16, 4 D)``).
+            ``max(32, 4 D)``).
         init_loc: starting location of the last affine layer (float or ``(D,)``).
         init_scale: starting scale of the last affine layer (float or ``(D,)``).
         explicit: ``"sample"`` (guides: sampling is explicit for residual blocks) or
@@ -521,7 +521,7 @@ class AutoFlowStack(AutoContinuous):
         model: a Pyro model.
         family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
         blocks: number of blocks (default: 2 ImpFlow or 4 residual blocks).
-        hidden_dims: hidden sizes of every network (default two layers of ``max(16, 4 D)``).
+        hidden_dims: hidden sizes of every network (default two layers of ``max(32, 4 D)``).
         init_loc_fn: per-site initialisation (Pyro's ``init_to_median`` by default).
         init_scale: starting scale of the guide, positive (``AutoNormal`` uses 0.1).
         explicit: ``"sample"`` (default) or ``"score"``, as in :func:`flow_stack`.

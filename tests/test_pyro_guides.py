@@ -22,7 +22,7 @@ from implicit_transforms.plugins.pyro import (
     flow_stack,
     recipe_options,
 )
-from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormalizingFlow, init_to_value
 
 from implicit_transforms import TracingError
@@ -334,6 +334,26 @@ def test_autoguide_starts_at_init_values_with_init_scale() -> None:
     loc = torch.tensor([2.5, math.log(2.0)])  # b lives on the log scale
     expect = dist.Normal(loc, 0.2).to_event(1).log_prob(z)
     assert torch.allclose(post.log_prob(z), expect)
+
+
+def test_autoguide_with_predictive_and_plates() -> None:
+    def model(data: torch.Tensor) -> None:
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("obs", dist.Normal(0.0, scale), obs=data)
+
+    data = 2.0 * torch.randn(20)
+    guide = AutoFlowStack(model, "impflow", hidden_dims=[8])
+    svi = SVI(
+        model,
+        guide,
+        pyro.optim.Adam({"lr": 0.05}),
+        Trace_ELBO(num_particles=4, vectorize_particles=True),
+    )
+    for _ in range(5):
+        svi.step(data)
+    draws = Predictive(model, guide=guide, num_samples=7, return_sites=["scale"])(data)
+    assert draws["scale"].shape[0] == 7 and bool((draws["scale"] > 0).all())
 
 
 def test_autoguide_rejects_bad_settings_at_construction() -> None:
