@@ -73,6 +73,7 @@ try:
     from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
     from pyro.infer.autoguide import AutoContinuous
     from pyro.infer.autoguide.initialization import init_to_median
+    from pyro.params import param_with_module_name
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "implicit_transforms.plugins.pyro_guides needs Pyro: "
@@ -530,6 +531,7 @@ class AutoFlowStack(AutoContinuous):
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
+        >>> pyro.clear_param_store()
         >>> def model():
         ...     pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
         >>> guide = AutoFlowStack(model, "resflow", blocks=1, hidden_dims=[8])
@@ -592,7 +594,19 @@ class AutoFlowStack(AutoContinuous):
         reloading through the parameter store restores the guide.
         """
         transform = self._transform()
-        pyro.module(self._pyro_get_fullname("transform"), transform, update_module_params=True)
+        prefix = self._pyro_get_fullname("transform")
+        store = pyro.get_param_store()
+        for name, param in transform.named_parameters():
+            fullname = param_with_module_name(prefix, name)
+            if fullname in store and store[fullname].shape != param.shape:
+                raise ValueError(
+                    f"AutoFlowStack: the parameter store holds {fullname!r} with shape "
+                    f"{tuple(store[fullname].shape)}, but this guide's parameter has shape "
+                    f"{tuple(param.shape)}: another guide of the same name used the store. "
+                    "Call pyro.clear_param_store() or build the guides as submodules with "
+                    "different names"
+                )
+        pyro.module(prefix, transform, update_module_params=True)
         return transform
 
     def _transform(self) -> ComposeTransformModule:

@@ -409,6 +409,16 @@ def test_jit_elbo_fails_with_our_error() -> None:
         torch.jit.trace(lambda x: block(x)[0], torch.zeros(3, 2))
 
 
+def test_a_stale_parameter_store_gives_a_clear_error() -> None:
+    def model3() -> None:
+        pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])()  # D = 2
+    message = r"with shape \(8, 2\), but this guide's parameter has shape \(8, 3\).*clear_param"
+    with pytest.raises(ValueError, match=message):
+        AutoFlowStack(model3, "resflow", blocks=1, hidden_dims=[8])()  # D = 3, same names
+
+
 @_QUIET_JIT
 def test_jit_elbo_with_pyro_autonormalizingflow_fails_inside_pyro() -> None:
     """Pyro's AutoNormalizingFlow stores a parameter twice, so JitTrace_ELBO trips Pyro's own
