@@ -20,6 +20,7 @@ from implicit_transforms.errors import (
     HigherOrderGradientError,
     ImplicitTransformsWarning,
     LipschitzWarning,
+    TracingError,
 )
 from implicit_transforms.implicit import attach_implicit_grad, solve_implicit
 from implicit_transforms.lipschitz import LipschitzCNN, LipschitzMLP, certify
@@ -48,6 +49,7 @@ __all__ = [
     "LipschitzWarning",
     "ResidualBlock",
     "SolverResult",
+    "TracingError",
     "attach_implicit_grad",
     "certify",
     "impflow_block",

@@ -22,6 +22,7 @@ __all__ = [
     "HigherOrderGradientError",
     "ImplicitTransformsWarning",
     "LipschitzWarning",
+    "TracingError",
 ]
 
 
@@ -78,3 +79,16 @@ class HigherOrderGradientError(RuntimeError):
     """A second derivative (``create_graph=True``) was requested through an operation whose
     gradient is computed by an implicit or stochastic identity that has no derivative of its
     own (an implicit-function-theorem solve, a Neumann-series log-det gradient)."""
+
+
+class TracingError(RuntimeError):
+    """A block was called under ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO`` and its
+    relatives trace the model and guide).
+
+    A trace records one call's tensor operations and replays them. A block decides things in
+    Python at every call from the values it sees: how many solver iterations a sample needs
+    and whether it converged, the random length of the Russian-roulette series, whether its
+    weights changed since their spectral norm was computed. A replayed trace would repeat the
+    first call's decisions silently (unconverged solves, a biased log-det, a stale
+    normalisation), so blocks refuse to be traced.
+    """

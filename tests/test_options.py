@@ -151,3 +151,16 @@ def test_options_compose() -> None:
         BlockOptions(generator=0)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(0)
     assert resflow_block(3, generator=gen).logdet_train.generator is gen  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_pyro_helpers_default_to_lipswish_for_guides(family: str) -> None:
+    """Guides start near the identity: the Pyro helpers use LipSwish unless told otherwise
+    (measured in benchmarks/vi.py); i-ResNet keeps ELU; an explicit choice always wins."""
+    expected = {"ELU"} if family == "iresnet" else {"LipSwish"}
+    for name in ("pyro", "pyro-conditional"):
+        make = _entry_points(family)[name]
+        assert _summary(make())["activation"] == expected, name
+        assert _summary(make(activation="sin"))["activation"] == {"Sine"}, name
+        assert _summary(make(options=BlockOptions(activation="sin")))["activation"] == {"Sine"}
+    assert _summary(_entry_points(family)["nflows"]())["activation"] != {"LipSwish"}

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor, nn
 
-from implicit_transforms.errors import LipschitzWarning
+from implicit_transforms.errors import LipschitzWarning, TracingError
 from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.lipschitz.spectral import frozen_weights
@@ -48,7 +49,12 @@ class InvertibleBlock(nn.Module):
     Which log-det estimator runs is an explicit setting, never a silent switch: ``logdet_train``
     in training mode and ``logdet_eval`` in evaluation mode. ``logdet_eval=None`` means the
     exact log-det for events of at most :data:`EXACT_LOGDET_MAX_DIM` elements and
-    ``logdet_train`` otherwise. Calling the module is ``forward_and_logdet``.
+    ``logdet_train`` otherwise. :meth:`forward_map` and :meth:`inverse_map` give a map alone
+    (sampling), skipping the log-det. Calling the module is ``forward_and_logdet``.
+
+    Blocks cannot be traced by ``torch.jit.trace`` (they raise
+    :class:`~implicit_transforms.errors.TracingError`): solver iteration counts, series lengths
+    and spectral norms are decided in Python at every call.
     """
 
     event_dims: int
@@ -57,6 +63,7 @@ class InvertibleBlock(nn.Module):
     logdet_eval: LogDetEstimator | None
     last_solve: SolverResult | None
     last_adjoint_solve: SolverResult | None
+    _skip_logdet: bool = False
 
     def _init_block(
         self,
@@ -127,6 +134,8 @@ class InvertibleBlock(nn.Module):
 
     def estimator(self, event_numel: int) -> LogDetEstimator:
         """The estimator used now (depends on training mode and the event size)."""
+        if self._skip_logdet:
+            return _value_only
         if self.training:
             return self.logdet_train
         if self.logdet_eval is not None:
@@ -139,6 +148,14 @@ class InvertibleBlock(nn.Module):
     ) -> tuple[Tensor, Tensor | None, torch.Size]:
         """Check ``x`` and ``context`` and flatten the batch: returns ``(B, *E)``, ``(B, C)``."""
         kind = type(self).__name__
+        if torch.jit.is_tracing():
+            raise TracingError(
+                f"{kind} cannot be traced by torch.jit.trace (Pyro's JitTrace_ELBO, "
+                "JitTraceGraph_ELBO, ... trace the guide): its solver iteration counts, the "
+                "random length of its log-det series and its spectral normalisation are "
+                "decided in Python at every call, and a trace would silently replay the first "
+                "call's decisions. Use the loss without 'Jit' (e.g. Trace_ELBO) instead"
+            )
         if not isinstance(x, Tensor):
             raise TypeError(f"{kind}: {name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dtype not in (torch.float32, torch.float64):
@@ -205,20 +222,31 @@ class InvertibleBlock(nn.Module):
         """Forward log-det at ``x``, shape ``(*)``, without an inverse solve."""
         raise NotImplementedError
 
-    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """``y`` alone, without any log-det work (sampling paths that never read it)."""
-        return self.forward_and_logdet(x, context)[0]
-
-    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        """``x`` alone, without any log-det work."""
-        return self.inverse_and_logdet(y, context)[0]
-
     def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
         """Forward log-det at ``x`` when ``y`` (its image) is known too: never solves.
 
         Residual blocks ignore ``y``; the implicit block needs it (its forward is a solve).
         """
         return self.logdet(x, context)
+
+    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The forward map ``y = f(x)`` alone: :meth:`forward_and_logdet` without the log-det
+        work (its estimator is replaced by a plain evaluation of the networks). Used to sample,
+        where no density is needed; the solves, and their failure policy, are unchanged."""
+        self._skip_logdet = True
+        try:
+            return self.forward_and_logdet(x, context)[0]
+        finally:
+            self._skip_logdet = False
+
+    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """The inverse map ``x = f^{-1}(y)`` alone (:meth:`inverse_and_logdet` without the
+        log-det work), like :meth:`forward_map`."""
+        self._skip_logdet = True
+        try:
+            return self.inverse_and_logdet(y, context)[0]
+        finally:
+            self._skip_logdet = False
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same as :meth:`forward_and_logdet`."""
@@ -227,3 +255,11 @@ class InvertibleBlock(nn.Module):
     def frozen(self) -> AbstractContextManager[None]:
         """A scope in which every layer normalises its weight once (one block call)."""
         return frozen_weights(self)
+
+
+def _value_only(
+    g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
+) -> tuple[Tensor, Tensor]:
+    """A stand-in estimator that evaluates ``g`` and returns a zero log-det (for
+    :meth:`InvertibleBlock.forward_map`, whose log-det is discarded)."""
+    return g(x), x.new_zeros(x.shape[: x.dim() - event_dims])
