@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from implicit_transforms.errors import LipschitzWarning, TracingError
+from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.lipschitz.spectral import frozen_weights
 from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
-from implicit_transforms.solvers import SolverResult
+from implicit_transforms.solvers import Solver, SolverResult
 from implicit_transforms.validation import validating_inputs
 
 __all__ = ["EXACT_LOGDET_MAX_DIM", "InvertibleBlock"]
@@ -63,6 +64,8 @@ class InvertibleBlock(nn.Module):
     logdet_eval: LogDetEstimator | None
     last_solve: SolverResult | None
     last_adjoint_solve: SolverResult | None
+    solver: Solver
+    adjoint_solver: Solver
     _skip_logdet: bool = False
 
     def _init_block(
@@ -102,6 +105,20 @@ class InvertibleBlock(nn.Module):
 
     def _record_adjoint(self, result: SolverResult) -> None:
         self.last_adjoint_solve = result
+
+    def _solve(self, residual: Callable[[Tensor], Tensor], start: Tensor) -> Tensor:
+        """The root of ``residual`` found from ``start`` by this block's solver, with implicit
+        gradients (adjoint solved by ``adjoint_solver``); the forward solve's report goes to
+        ``last_solve`` and the adjoint's, when it runs, to ``last_adjoint_solve``."""
+        root, self.last_solve = solve_implicit(
+            residual,
+            start,
+            solver=self.solver,
+            adjoint_solver=self.adjoint_solver,
+            event_dims=self.event_dims,
+            on_adjoint_solve=self._record_adjoint,
+        )
+        return root
 
     def networks(self) -> list[LipschitzNet]:
         """The residual networks of this block."""

@@ -8,10 +8,9 @@ from torch import Tensor
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.options import adjoint_for
-from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
-from implicit_transforms.solvers import Broyden, Solver, SolverResult, rowwise
+from implicit_transforms.solvers import Broyden, Solver, rowwise
 
 __all__ = ["ImplicitBlock"]
 
@@ -77,8 +76,8 @@ class ImplicitBlock(InvertibleBlock):
         ctx: Tensor | None,
         g_src: _NetOnRows,
         g_dst: _NetOnRows,
-    ) -> tuple[Tensor, Tensor, SolverResult]:
-        """Solve ``dst + g_dst(dst) = src + g_src(src)``; return ``(dst, logdet, result)``."""
+    ) -> tuple[Tensor, Tensor]:
+        """Solve ``dst + g_dst(dst) = src + g_src(src)``; return ``(dst, logdet)``."""
         with self.frozen():  # one normalisation per layer for the whole call
             return self._map_frozen(src, g_src, g_dst)
 
@@ -87,58 +86,38 @@ class ImplicitBlock(InvertibleBlock):
         src: Tensor,
         g_src: _NetOnRows,
         g_dst: _NetOnRows,
-    ) -> tuple[Tensor, Tensor, SolverResult]:
+    ) -> tuple[Tensor, Tensor]:
         est = self.estimator(self._event_numel(src))
         g_src_val, ld_src = est(g_src, src, event_dims=self.event_dims)
-        target = src + g_src_val
+        dst = self._solve_to(src + g_src_val, g_dst)
+        _, ld_dst = est(g_dst, dst, event_dims=self.event_dims)
+        return dst, ld_src - ld_dst
+
+    def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``z`` solving ``z + g_z(z) = x + g_x(x)`` and ``log|det dz/dx|``."""
+        flat, ctx, batch = self._flatten(x, context, "x")
+        z, ld = self._map(flat, ctx, self._g(self.net_x, ctx), self._g(self.net_z, ctx))
+        return z.reshape(x.shape), ld.reshape(batch)
+
+    def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x`` solving ``x + g_x(x) = z + g_z(z)`` and ``log|det dx/dz|``."""
+        flat, ctx, batch = self._flatten(y, context, "y")
+        x, ld = self._map(flat, ctx, self._g(self.net_z, ctx), self._g(self.net_x, ctx))
+        return x.reshape(y.shape), ld.reshape(batch)
+
+    def _solve_only(self, src: Tensor, g_src: _NetOnRows, g_dst: _NetOnRows) -> Tensor:
+        with self.frozen():
+            return self._solve_to(src + g_src(src), g_dst)
+
+    def _solve_to(self, target: Tensor, g_dst: _NetOnRows) -> Tensor:
+        """``dst`` with ``dst + g_dst(dst) = target`` (active rows only; implicit gradients)."""
 
         def residual(t: Tensor, rows: Tensor | None) -> Tensor:
             if rows is None:
                 return t + g_dst(t) - target
             return t + g_dst(t, rows) - target[rows]
 
-        dst, result = solve_implicit(
-            rowwise(residual),
-            target.detach(),
-            solver=self.solver,
-            adjoint_solver=self.adjoint_solver,
-            event_dims=self.event_dims,
-            on_adjoint_solve=self._record_adjoint,
-        )
-        self.last_solve = result
-        _, ld_dst = est(g_dst, dst, event_dims=self.event_dims)
-        return dst, ld_src - ld_dst, result
-
-    def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``z`` solving ``z + g_z(z) = x + g_x(x)`` and ``log|det dz/dx|``."""
-        flat, ctx, batch = self._flatten(x, context, "x")
-        z, ld, _ = self._map(flat, ctx, self._g(self.net_x, ctx), self._g(self.net_z, ctx))
-        return z.reshape(x.shape), ld.reshape(batch)
-
-    def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x`` solving ``x + g_x(x) = z + g_z(z)`` and ``log|det dx/dz|``."""
-        flat, ctx, batch = self._flatten(y, context, "y")
-        x, ld, _ = self._map(flat, ctx, self._g(self.net_z, ctx), self._g(self.net_x, ctx))
-        return x.reshape(y.shape), ld.reshape(batch)
-
-    def _solve_only(self, src: Tensor, g_src: _NetOnRows, g_dst: _NetOnRows) -> Tensor:
-        with self.frozen():
-            target = src + g_src(src)
-
-            def residual(t: Tensor, rows: Tensor | None) -> Tensor:
-                if rows is None:
-                    return t + g_dst(t) - target
-                return t + g_dst(t, rows) - target[rows]
-
-            dst, self.last_solve = solve_implicit(
-                rowwise(residual),
-                target.detach(),
-                solver=self.solver,
-                adjoint_solver=self.adjoint_solver,
-                event_dims=self.event_dims,
-                on_adjoint_solve=self._record_adjoint,
-            )
-        return dst
+        return self._solve(rowwise(residual), target.detach())
 
     def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``z`` only: the solve, without either log-det term."""

@@ -8,7 +8,6 @@ from torch import Tensor
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.options import adjoint_for
-from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
 from implicit_transforms.solvers import FixedPoint, Rowwise, Solver, rowwise
@@ -90,14 +89,7 @@ class ResidualBlock(InvertibleBlock):
         """The solve of ``x + g(x) = y`` only."""
         flat, ctx, _ = self._flatten(y, context, "y")
         with self.frozen():
-            x, self.last_solve = solve_implicit(
-                self._residual(flat, ctx),
-                flat.detach(),
-                solver=self.solver,
-                adjoint_solver=self.adjoint_solver,
-                event_dims=self.event_dims,
-                on_adjoint_solve=self._record_adjoint,
-            )
+            x = self._solve(self._residual(flat, ctx), flat.detach())
         return x.reshape(y.shape)
 
     def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -105,14 +97,6 @@ class ResidualBlock(InvertibleBlock):
         flat, ctx, batch = self._flatten(y, context, "y")
         g = self._g(ctx)
         with self.frozen():  # one normalisation per layer for the whole solve
-            x, result = solve_implicit(
-                self._residual(flat, ctx),
-                flat.detach(),
-                solver=self.solver,
-                adjoint_solver=self.adjoint_solver,
-                event_dims=self.event_dims,
-                on_adjoint_solve=self._record_adjoint,
-            )
-            self.last_solve = result
+            x = self._solve(self._residual(flat, ctx), flat.detach())
             _, ld = self.estimator(self._event_numel(flat))(g, x, event_dims=self.event_dims)
         return x.reshape(y.shape), -ld.reshape(batch)
