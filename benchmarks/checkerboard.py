@@ -57,6 +57,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _interruptible() -> None:
+    """Let the trainer see the budget's SIGINT: a shell starts background jobs (``... &``,
+    ``nohup``) with SIGINT ignored, Python then never installs its ``KeyboardInterrupt``
+    handler, and the trainer would run past its budget."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="round1")
@@ -95,7 +102,9 @@ def main() -> None:
                        "--run-dir", str(args.out / name)]  # fmt: skip
                 log = (args.out / f"{name}.log").open("wb")
                 print("running:", " ".join(cmd[1:]), flush=True)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_interruptible
+                )
                 running.append((name, proc, time.time()))
             time.sleep(5)
             for item in list(running):
