@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -78,6 +78,7 @@ class BlockTransformModule(TransformModule):
     """
 
     bijective = True
+    _swapped: ClassVar[bool] = False  # True: Pyro's forward is the block's inverse
 
     def __init__(
         self, block: InvertibleBlock, cache_size: int = 1, context: Tensor | None = None
@@ -115,22 +116,31 @@ class BlockTransformModule(TransformModule):
         if self._cache_size == 1:
             self._logdet_cache = (x, y, ld)
 
-    def _call(self, x: Tensor) -> Tensor:
-        # With autograd recording (an ELBO is being built) the log-det follows at once: compute
-        # it in the same pass. Without (sampling), skip it: Pyro asks for it separately, and
-        # log_abs_det_jacobian computes it from the cached pair when it does.
+    def _run(self, src: Tensor, inverse: bool) -> tuple[Tensor, Tensor | None]:
+        """The block's forward (or, with ``inverse``, inverse) map of ``src`` and its log-det.
+
+        With autograd recording (an ELBO is being built) the log-det follows at once: compute
+        it in the same pass. Without (sampling), skip it (``None``): Pyro asks for it
+        separately, and :meth:`log_abs_det_jacobian` computes it from the cached pair then.
+        """
+        if inverse:
+            self.num_inverse_solves += 1
         if not torch.is_grad_enabled():
-            return self.block.forward_map(x, self.context)
-        y, ld = self.block.forward_and_logdet(x, self.context)
-        self._remember(x, y, ld)
+            block_map = self.block.inverse_map if inverse else self.block.forward_map
+            return block_map(src, self.context), None
+        with_logdet = self.block.inverse_and_logdet if inverse else self.block.forward_and_logdet
+        return with_logdet(src, self.context)
+
+    def _call(self, x: Tensor) -> Tensor:
+        y, ld = self._run(x, inverse=self._swapped)
+        if ld is not None:
+            self._remember(x, y, ld)
         return y
 
     def _inverse(self, y: Tensor) -> Tensor:
-        self.num_inverse_solves += 1
-        if not torch.is_grad_enabled():
-            return self.block.inverse_map(y, self.context)
-        x, ld_inv = self.block.inverse_and_logdet(y, self.context)
-        self._remember(x, y, -ld_inv)
+        x, ld_inv = self._run(y, inverse=not self._swapped)
+        if ld_inv is not None:
+            self._remember(x, y, -ld_inv)
         return x
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
@@ -138,6 +148,8 @@ class BlockTransformModule(TransformModule):
         cached = self._logdet_cache
         if cached is not None and cached[0] is x and cached[1] is y:
             return cached[2]
+        if self._swapped:  # y is the block's inverse image of x
+            return -self.block.logdet_pair(y, x, self.context)
         return self.block.logdet_pair(x, y, self.context)
 
 

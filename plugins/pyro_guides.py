@@ -272,25 +272,7 @@ class InverseBlockTransformModule(BlockTransformModule):
     Built by :func:`flow_stack` with ``explicit="score"``.
     """
 
-    def _call(self, x: Tensor) -> Tensor:
-        self.num_inverse_solves += 1
-        if not torch.is_grad_enabled():
-            return self.block.inverse_map(x, self.context)
-        y, ld = self.block.inverse_and_logdet(x, self.context)
-        self._remember(x, y, ld)
-        return y
-
-    def _inverse(self, y: Tensor) -> Tensor:
-        x, ld_inv = self.block.forward_and_logdet(y, self.context)
-        self._remember(x, y, -ld_inv)
-        return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        """``log|det dy/dx| = -log|det J_f(y)|`` for the block ``f`` (no solve)."""
-        cached = self._logdet_cache
-        if cached is not None and cached[0] is x and cached[1] is y:
-            return cached[2]
-        return -self.block.logdet_pair(y, x, self.context)
+    _swapped = True
 
 
 class ConditionalInverseBlockTransformModule(ConditionalBlockTransformModule):
