@@ -17,6 +17,7 @@ from implicit_transforms.blocks import (
 from implicit_transforms.errors import (
     ConvergenceError,
     ConvergenceWarning,
+    FunctionalTransformError,
     HigherOrderGradientError,
     ImplicitTransformsWarning,
     LipschitzWarning,
@@ -40,6 +41,7 @@ __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
     "FixedPoint",
+    "FunctionalTransformError",
     "HigherOrderGradientError",
     "ImplicitBlock",
     "ImplicitTransformsWarning",

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ConvergenceError",
     "ConvergenceWarning",
+    "FunctionalTransformError",
     "HigherOrderGradientError",
     "ImplicitTransformsWarning",
     "LipschitzWarning",
@@ -91,4 +92,16 @@ class TracingError(RuntimeError):
     weights changed since their spectral norm was computed. A replayed trace would repeat the
     first call's decisions silently (unconverged solves, a biased log-det, a stale
     normalisation), so blocks refuse to be traced.
+    """
+
+
+class FunctionalTransformError(RuntimeError):
+    """A block's solve or log-det was called under a ``torch.func`` transform (``grad``,
+    ``jacrev``, ``vmap``, ...).
+
+    The explicit maps (a residual block's ``forward_map``, the networks, the spectral layers)
+    are pure and work under ``torch.func``. A solve attaches its gradient through the implicit
+    function theorem and a log-det estimator takes vector-Jacobian products with
+    ``torch.autograd``, which functorch transforms cannot see through; rather than return
+    silently wrong derivatives these refuse.
     """

@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor, nn
 
-from implicit_transforms.errors import LipschitzWarning, TracingError
+from implicit_transforms.errors import FunctionalTransformError, LipschitzWarning, TracingError
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
@@ -110,6 +110,7 @@ class InvertibleBlock(nn.Module):
         """The root of ``residual`` found from ``start`` by this block's solver, with implicit
         gradients (adjoint solved by ``adjoint_solver``); the forward solve's report goes to
         ``last_solve`` and the adjoint's, when it runs, to ``last_adjoint_solve``."""
+        _refuse_functorch(type(self).__name__, "solves its implicit map")
         root, self.last_solve = solve_implicit(
             residual,
             start,
@@ -153,6 +154,7 @@ class InvertibleBlock(nn.Module):
         """The estimator used now (depends on training mode and the event size)."""
         if self._skip_logdet:
             return _value_only
+        _refuse_functorch(type(self).__name__, "computes a log-determinant")
         if self.training:
             return self.logdet_train
         if self.logdet_eval is not None:
@@ -272,6 +274,17 @@ class InvertibleBlock(nn.Module):
     def frozen(self) -> AbstractContextManager[None]:
         """A scope in which every layer normalises its weight once (one block call)."""
         return frozen_weights(self)
+
+
+def _refuse_functorch(kind: str, what: str) -> None:
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise FunctionalTransformError(
+            f"{kind} {what} with torch.autograd (implicit-function-theorem gradients, "
+            "vector-Jacobian products), which torch.func transforms (grad, jacrev, vmap) cannot "
+            "differentiate or batch: call it outside the transform, or use "
+            "torch.autograd.functional.jacobian. The explicit maps (a residual block's "
+            "forward_map, the networks) work under torch.func"
+        )
 
 
 def _value_only(

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from implicit_transforms.lipschitz.activations import LipSwish, Sine
 from implicit_transforms.lipschitz.networks import LipschitzNet
+from implicit_transforms.lipschitz.norms import exact_operator_norm
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear
 
 __all__ = ["Certificate", "certify", "conv_operator_norm_bound"]
@@ -58,28 +59,27 @@ class Certificate:
 def conv_operator_norm_bound(weight: Tensor, input_size: tuple[int, int]) -> float:
     r"""Upper bound on ``||conv||_2`` of a stride-1 zero-padded ("same") convolution.
 
-    Zero padding by ``p`` on an ``H x W`` input equals the restriction, to the central
-    ``H x W`` block, of a *circular* convolution on the ``(H+2p) x (W+2p)`` grid applied to the
-    zero-embedded input; restrictions and embeddings have norm 1, so the circular operator's
-    norm bounds the padded one. A circular convolution is block-diagonalised by the 2-D DFT: its
-    norm is the largest singular value of the ``C_out x C_in`` kernel transforms over all
-    frequencies (Sedghi, Gupta, Long, "The Singular Values of Convolutional Layers", 2019).
+    Zero padding on an ``H x W`` input equals the restriction, to the ``H x W`` block, of a
+    *circular* convolution on the torus of :func:`~implicit_transforms.lipschitz.norms.circular_grid`
+    applied to the zero-embedded input; restrictions and embeddings have norm 1, so the
+    circular operator's norm bounds the padded one. A circular convolution is
+    block-diagonalised by the 2-D DFT: its norm is the largest singular value of the
+    ``C_out x C_in`` kernel transforms over all frequencies (Sedghi, Gupta, Long, "The Singular
+    Values of Convolutional Layers", 2019). The same bound normalises
+    :class:`~implicit_transforms.lipschitz.SpectralConv2d`.
 
     Args:
         weight: kernel ``(C_out, C_in, k, k)``.
         input_size: ``(H, W)``.
 
     Returns:
-        The bound (a float).
+        The bound (a float, computed in float64).
+
+    Example:
+        >>> conv_operator_norm_bound(torch.ones(1, 1, 1, 1) * 0.5, (4, 4))
+        0.5
     """
-    k = weight.shape[-1]
-    p = k // 2
-    h, w = input_size[0] + 2 * p, input_size[1] + 2 * p
-    if k > h or k > w:
-        h, w = max(h, k), max(w, k)
-    spectrum = torch.fft.fft2(weight.double(), s=(h, w))  # (C_out, C_in, h, w)
-    mats = spectrum.permute(2, 3, 0, 1)
-    return float(torch.linalg.matrix_norm(mats, ord=2).max())
+    return float(exact_operator_norm(weight.double(), input_size))
 
 
 _EXACT_CONV_MAX = 1024

@@ -1,28 +1,36 @@
 r"""Spectrally normalised linear and convolutional layers with ``||W'|| <= c < 1``.
 
-The weight a layer applies is ``W' = W / max(1, sigma(W) / c)``, computed from the raw weight
-``W`` **as it is at that call**, however it was changed: any optimiser (fused and foreach
-kernels included), a write through ``p.data``, ``load_state_dict``, Pyro's param store. The
-layer keeps a copy of the raw weight its estimate of ``sigma`` belongs to and compares
-contents (not version counters or storage pointers, which several optimisers leave
-unchanged) before every use; the estimate is brought up to date whenever they differ.
+The weight a layer applies is ``W' = W / max(1, s / c)`` with ``s >= ||W||`` a **guaranteed**
+bound, computed from the raw weight ``W`` **as it is at that call**, however it was changed:
+any optimiser (fused and foreach kernels included), a write through ``p.data``,
+``load_state_dict`` (whatever state it carries), ``vector_to_parameters``, re-initialisation,
+checkpoint averaging, Pyro's param store. The layer keeps a copy of the raw weight its bound
+belongs to and compares contents (not version counters or storage pointers, which several
+optimisers leave unchanged) before every use; the bound is redone whenever they differ. Stored
+singular vectors are only warm starts, never trusted.
 
-* Dense layers whose smaller side is at most :data:`EXACT_MAX_DIM` use the **exact** largest
-  singular value (a symmetric eigen-decomposition of the smaller Gram matrix): the bound holds
-  at every call, in training and in evaluation, with no state to go stale.
-* Convolutions with moderate channel counts use the **exact norm of the circular
-  convolution** on a slightly larger torus, a guaranteed upper bound of the zero-padded
-  convolution's norm (see :class:`SpectralConv2d`).
-* Larger layers use warm-started power iteration: ``n_power_iterations`` steps per weight
-  change in training, and a safety ``margin`` (``sigma`` is multiplied by ``1 + margin``)
-  against the lag of a few iterations; in evaluation mode (and whenever a layer is switched to
-  it) the iteration runs to a tolerance. Only these layers need
-  :func:`~implicit_transforms.lipschitz.certify` to know the bound.
+* **Exact** layers (dense layers whose smaller side is at most :data:`EXACT_MAX_DIM`, and
+  convolutions whose smaller channel count is at most :data:`EXACT_MAX_CHANNELS`) use the exact
+  largest singular value from an eigen-decomposition of the smaller Gram matrix (for
+  convolutions, of every frequency's matrix of the circular convolution, a guaranteed bound of
+  the zero-padded one): ``s = ||W||``.
+* **Certified** layers (every larger one) run ``n_power_iterations`` warm-started power
+  iterations for a lower estimate and its singular pair, then certify an upper bound ``s``
+  slightly above it by a Cholesky factorisation
+  (:func:`~implicit_transforms.lipschitz.norms.certified_norm_bound`), falling back to the
+  exact eigenvalue when the estimate lags. The relative slack adapts (about ``1e-4`` to
+  ``1e-3`` once training settles); in evaluation mode the power iteration first runs to a
+  tolerance, so the bound is tight.
 
-``sigma`` is formed as ``u^T W v`` from the (constant) singular-vector estimates, so it equals
-the estimate in value and its gradient is the derivative of the top singular value,
-``u v^T``. Between two weight changes every call sees exactly the same map, so every
-iteration of a solve and the log-det estimate of the same step use one fixed map.
+In both cases the bound holds at **every** call, in training and in evaluation, at any size.
+``sigma`` has the value ``s`` and the gradient ``u v^T`` of the top singular value (from the
+estimated singular pair). Between two weight changes every call sees exactly the same map, so
+every iteration of a solve and the log-det estimate of the same step use one fixed map.
+
+Under ``torch.func`` transforms (``jacrev``, ``vmap`` over stacked ensembles,
+``functional_call`` inside them) no state can be written: the layers then normalise by the
+exact norm from an SVD (:func:`~implicit_transforms.lipschitz.norms.exact_operator_norm`), a
+pure function of the weight.
 """
 
 from __future__ import annotations
@@ -36,6 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from implicit_transforms.lipschitz.norms import (
+    SLACK_MIN,
+    certified_norm_bound,
+    circular_grid,
+    circular_spectrum,
+    exact_operator_norm,
+    gram,
+)
+
 __all__ = [
     "EXACT_MAX_CHANNELS",
     "EXACT_MAX_DIM",
@@ -47,41 +64,61 @@ __all__ = [
 ]
 
 EXACT_MAX_DIM = 256
-"""Dense layers with ``min(D_in, D_out)`` at most this use the exact spectral norm (an
-eigen-decomposition of a ``min x min`` Gram matrix; about 0.7 ms for 128 on one CPU core)."""
+"""Dense layers (and 1x1 convolutions) with ``min(D_in, D_out)`` at most this use the exact
+spectral norm (an eigen-decomposition of a ``min x min`` Gram matrix; about 0.7 ms for 128 on
+one CPU core); larger ones a certified bound (see the module docstring)."""
+
+EXACT_MAX_CHANNELS = 64
+"""Convolutions whose smaller channel count is at most this use the exact norm of the circular
+convolution; larger ones a certified bound of it."""
 
 EVAL_TOLERANCE = 1e-6
-"""Relative tolerance of the power iteration in evaluation mode."""
+"""Relative tolerance of the power iteration of certified layers in evaluation mode."""
+
+_START_SLACK = 1e-3
 
 
 def check_coeff(coeff: float, name: str = "coeff") -> float:
-    """Validate a Lipschitz coefficient ``0 < c < 1`` and return it as a float."""
-    if isinstance(coeff, bool) or not isinstance(coeff, (int, float)):
+    """Validate a Lipschitz coefficient ``0 < c < 1`` and return it as a float.
+
+    Accepts Python, NumPy and 0-d tensor real scalars; refuses booleans.
+
+    Example:
+        >>> check_coeff(0.9)
+        0.9
+    """
+    if isinstance(coeff, Tensor) and coeff.dim() == 0 and not coeff.is_complex():
+        coeff = coeff.item()
+    if isinstance(coeff, bool) or not hasattr(coeff, "__float__") or isinstance(coeff, complex):
         raise TypeError(f"{name} must be a float in (0, 1), got {type(coeff).__name__}")
-    if not 0.0 < float(coeff) < 1.0:
+    value = float(coeff)
+    if not 0.0 < value < 1.0:
         raise ValueError(
             f"{name} must be in (0, 1) so that the residual map is invertible, got {coeff!r}"
         )
-    return float(coeff)
+    return value
 
 
 def _normalize(t: Tensor) -> Tensor:
     return t / t.norm().clamp_min(torch.finfo(t.dtype).tiny)
 
 
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (grad, jacrev, vmap, ...) is running."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 class _SpectralMixin(nn.Module):
-    """Shared logic: content-keyed updates, refinement, the soft rescaling."""
+    """Shared logic: content-keyed updates, exact or certified norms, the soft rescaling."""
 
     weight: nn.Parameter
     u: Tensor
     v: Tensor
-    estimate_current: Tensor
     coeff: float
     n_power_iterations: int
-    margin: float
     exact: bool
 
-    def _init_spectral(self, coeff: float, n_power_iterations: int, margin: float) -> None:
+    def _init_spectral(self, coeff: float, n_power_iterations: int) -> None:
         self.coeff = check_coeff(coeff)
         if (
             isinstance(n_power_iterations, bool)
@@ -91,14 +128,11 @@ class _SpectralMixin(nn.Module):
             raise ValueError(
                 f"n_power_iterations must be a positive int, got {n_power_iterations!r}"
             )
-        if not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin must be a float in [0, 1), got {margin!r}")
         self.n_power_iterations = n_power_iterations
-        self.margin = float(margin)
         self.exact = False
-        self._estimate_of: Tensor | None = None  # the raw weight the estimate belongs to
-        # Saved with the state: whether u, v belonged to the saved weight.
-        self.register_buffer("estimate_current", torch.zeros((), dtype=torch.bool))
+        self._estimate_of: Tensor | None = None  # the raw weight the bound belongs to
+        self._bound: Tensor | None = None  # certified layers: s >= ||W|| for that weight
+        self._slack = _START_SLACK
         # frozen_weights(): the normalised weight of the current scope and its grad mode.
         self._frozen: Tensor | None = None
         self._freeze_grad: bool | None = None
@@ -110,10 +144,17 @@ class _SpectralMixin(nn.Module):
     def _apply_wt(self, y: Tensor, w: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def _operator_matrices(self, w: Tensor) -> Tensor:
+        """``(F, m, n)`` matrices whose largest norm bounds the layer's operator norm."""
+        raise NotImplementedError
+
+    def _spatial(self) -> tuple[int, int] | None:
+        return None
+
     def _ready(self) -> bool:
         return True
 
-    # -- keeping the estimate in line with the raw weight ---------------------------------
+    # -- keeping the bound in line with the raw weight ------------------------------------
     def _is_current(self) -> bool:
         seen, w = self._estimate_of, self.weight
         return (
@@ -126,7 +167,7 @@ class _SpectralMixin(nn.Module):
 
     @torch.no_grad()
     def _sync(self) -> None:
-        """Bring ``sigma``'s estimate up to date with the raw weight if its content changed."""
+        """Redo the norm of the raw weight if its content changed since the last one."""
         if not self._ready() or self._is_current():
             return
         w = self.weight.detach()
@@ -137,11 +178,20 @@ class _SpectralMixin(nn.Module):
             )
         if self.exact:
             self._exact_singular_vectors(w)
-        elif self.training:
-            self._iterate(w, self.n_power_iterations)
+            self._bound = None
         else:
-            self._iterate_to(w, EVAL_TOLERANCE, 2000)
+            if self.training:
+                self._iterate(w, self.n_power_iterations)
+            else:
+                self._iterate_to(w, EVAL_TOLERANCE, 2000)
+            self._certify(w)
         self._estimate_of = w.clone()
+
+    def _certify(self, w: Tensor) -> None:
+        estimate = float(torch.linalg.vector_norm(self._apply_w(self.v, w)))
+        result = certified_norm_bound(self._operator_matrices(w), estimate, self._slack)
+        self._slack = result.slack
+        self._bound = w.new_tensor(result.bound)
 
     def _exact_singular_vectors(self, w: Tensor) -> None:
         raise NotImplementedError
@@ -167,21 +217,22 @@ class _SpectralMixin(nn.Module):
     # -- public API --------------------------------------------------------------------------
     @torch.no_grad()
     def power_iteration(self, n: int) -> None:
-        """Run ``n`` more power iterations on the current weight (no autograd)."""
-        if self.exact:
-            self._sync()
-            return
+        """Run ``n`` more power iterations on the current weight and certify again (no
+        autograd; exact layers are already exact)."""
         self._sync()
-        self._iterate(self.weight.detach(), n)
-        self._estimate_of = self.weight.detach().clone()
+        if self.exact or not self._ready():
+            return
+        w = self.weight.detach()
+        self._iterate(w, n)
+        self._certify(w)
 
     @torch.no_grad()
     def refine(self, tol: float = EVAL_TOLERANCE, max_iter: int = 2000) -> float:
-        """Bring ``sigma`` to a relative tolerance ``tol`` (exact layers: already exact);
-        return it.
+        """Run the power iteration to a relative tolerance ``tol`` and certify a tight bound
+        again (exact layers: already exact); return ``sigma``.
 
-        Power iteration gives a lower bound of the true norm that converges to it; use
-        :func:`~implicit_transforms.lipschitz.certify` for a guaranteed upper bound.
+        The value is a guaranteed upper bound of the layer's norm either way; refining only
+        makes a certified layer's bound tighter.
         """
         if not self._ready():
             raise RuntimeError(
@@ -189,21 +240,29 @@ class _SpectralMixin(nn.Module):
             )
         self._sync()
         if not self.exact:
-            self._iterate_to(self.weight.detach(), tol, max_iter)
-        self._estimate_of = self.weight.detach().clone()
+            w = self.weight.detach()
+            self._iterate_to(w, tol, max_iter)
+            self._slack = SLACK_MIN
+            self._certify(w)
         return float(self.sigma())
 
     def sigma(self) -> Tensor:
-        """The norm used to normalise the current weight, ``u^T W v`` with the estimated
-        singular pair (differentiable in ``W``; exact for exact layers)."""
+        """The norm ``s >= ||W||`` used to normalise the current weight (differentiable in
+        ``W``, gradient ``u v^T`` of the top singular value; exact layers: ``s = ||W||``)."""
+        if _functorch_active():
+            return exact_operator_norm(self.weight, self._spatial())
         self._sync()
         return self._sigma_of(self.weight)
 
     def _sigma_of(self, weight: Tensor) -> Tensor:
-        return (self.u.clone() * self._apply_w(self.v.clone(), weight)).sum()
+        lin = (self.u.clone() * self._apply_w(self.v.clone(), weight)).sum()
+        if self._bound is None:
+            return lin
+        # Value: the certified bound; gradient: the estimated singular pair's.
+        return lin + (self._bound - lin).detach()
 
     def normalized_weight(self) -> Tensor:
-        """``W / max(1, (1 + margin) sigma / c)`` for the raw weight as it is now.
+        """``W / max(1, s / c)`` for the raw weight as it is now (``s >= ||W||``).
 
         Inside :func:`frozen_weights` it is computed once and reused until the scope ends.
         """
@@ -217,57 +276,52 @@ class _SpectralMixin(nn.Module):
         return self._frozen
 
     def _normalize_now(self) -> Tensor:
-        factor = 1.0 if self.exact else 1.0 + self.margin
-        scale = torch.clamp(self.sigma() * (factor / self.coeff), min=1.0)
+        scale = torch.clamp(self.sigma() / self.coeff, min=1.0)
         return self.weight / scale
 
     def train(self, mode: bool = True) -> _SpectralMixin:
-        """Switch mode; going to evaluation refines the estimate to :data:`EVAL_TOLERANCE`."""
+        """Switch mode; going to evaluation tightens a certified layer's bound."""
         super().train(mode)
         if not mode and not self.exact and self._ready():
             self.refine(EVAL_TOLERANCE)
         return self
 
-    # -- state dicts: the estimate is saved with a flag telling whether it belonged to the
-    # saved weight, so a round trip restores exactly the same map without re-estimating.
-    def _save_to_state_dict(
-        self, destination: dict[str, Any], prefix: str, keep_vars: bool
-    ) -> None:
-        with torch.no_grad():
-            self.estimate_current.fill_(bool(self._ready() and self._is_current()))
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
+    # -- state dicts: the singular vectors are saved as warm starts; the bound is always
+    # recomputed from the loaded weight (whatever the state dict claims).
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        key = prefix + "estimate_current"
-        if key not in state_dict:  # a state dict from before the flag existed
-            state_dict[key] = torch.zeros((), dtype=torch.bool)
+        state_dict.pop(prefix + "estimate_current", None)  # state dicts of earlier versions
         super()._load_from_state_dict(state_dict, prefix, *args)
-        trusted = bool(self.estimate_current)
-        self._estimate_of = self.weight.detach().clone() if trusted else None
+        self._estimate_of = None
+        self._bound = None
 
     def _apply(self, fn: Any, recurse: bool = True) -> _SpectralMixin:
         # A dtype or device move keeps the buffers but not the copy of the weight.
         self._estimate_of = None
+        self._bound = None
         return super()._apply(fn, recurse)
 
 
 class SpectralLinear(_SpectralMixin):
-    r"""``y = W' x + b`` with ``W' = W / max(1, sigma / c)`` and ``sigma = ||W||_2``.
+    r"""``y = W' x + b`` with ``W' = W / max(1, s / c)`` and ``s >= ||W||_2`` guaranteed.
 
-    ``sigma`` is exact when ``min(D_in, D_out) <= EXACT_MAX_DIM`` (default ``exact=None``),
-    otherwise estimated by power iteration (see the module docstring).
+    ``s = ||W||_2`` exactly when ``min(D_in, D_out) <= EXACT_MAX_DIM`` (default ``exact=None``);
+    otherwise a certified bound a little above it (see the module docstring).
 
     Args:
         in_features: input size ``D_in``.
         out_features: output size ``D_out``.
         coeff: Lipschitz coefficient ``c`` in ``(0, 1)``.
         bias: whether to learn a bias.
-        n_power_iterations: power iterations per weight change (power-iteration layers).
-        margin: safety factor ``1 + margin`` on the power-iteration estimate.
-        exact: force the exact norm (``True``) or power iteration (``False``).
+        n_power_iterations: power iterations per weight change (certified layers).
+        exact: force the exact norm (``True``) or the certified bound (``False``).
 
     Shapes:
         ``(*, D_in) -> (*, D_out)``.
+
+    Example:
+        >>> layer = SpectralLinear(3, 4, coeff=0.9)
+        >>> bool(torch.linalg.matrix_norm(layer.normalized_weight(), ord=2) <= 0.9 + 1e-6)
+        True
     """
 
     def __init__(
@@ -278,11 +332,10 @@ class SpectralLinear(_SpectralMixin):
         coeff: float = 0.97,
         bias: bool = True,
         n_power_iterations: int = 2,
-        margin: float = 0.02,
         exact: bool | None = None,
     ) -> None:
         super().__init__()
-        self._init_spectral(coeff, n_power_iterations, margin)
+        self._init_spectral(coeff, n_power_iterations)
         self.in_features, self.out_features = in_features, out_features
         self.exact = min(in_features, out_features) <= EXACT_MAX_DIM if exact is None else exact
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
@@ -301,15 +354,17 @@ class SpectralLinear(_SpectralMixin):
     def _apply_wt(self, y: Tensor, w: Tensor) -> Tensor:
         return w.T @ y
 
+    def _operator_matrices(self, w: Tensor) -> Tensor:
+        return w[None]
+
     def _exact_singular_vectors(self, w: Tensor) -> None:
         # sigma^2 is the top eigenvalue of the smaller Gram matrix; its eigenvector is one
         # singular vector and the other follows from one product.
+        _, vecs = torch.linalg.eigh(gram(w[None])[0])
         if w.shape[0] >= w.shape[1]:
-            _, vecs = torch.linalg.eigh(w.T @ w)
             v = vecs[:, -1]
             u = _normalize(w @ v)
         else:
-            _, vecs = torch.linalg.eigh(w @ w.T)
             u = vecs[:, -1]
             v = _normalize(w.T @ u)
         self.u.copy_(u)
@@ -360,42 +415,19 @@ def frozen_weights(*modules: nn.Module) -> Iterator[None]:
             m._frozen = None
 
 
-EXACT_MAX_CHANNELS = 64
-"""Convolutions whose smaller channel count is at most this (or any 1x1 convolution whose
-smaller side is at most :data:`EXACT_MAX_DIM`) use the exact norm of the circular convolution,
-a guaranteed bound; larger ones use power iteration with a margin."""
-
-
-def circular_grid(input_size: tuple[int, int], kernel_size: int) -> tuple[int, int]:
-    """The torus ``(H + p, W + p)``, ``p = k // 2``, on which a circular convolution's norm
-    bounds the zero-padded ("same") convolution's on ``(H, W)`` (``(1, 1)`` for ``k = 1``).
-
-    Embedding an ``H x W`` input into the torus with zeros elsewhere, the circular convolution
-    reads ``x`` at offsets ``-p .. H - 1 + p``, which never wrap onto the input as long as the
-    torus has at least ``H + p`` cells; restricting the output to ``H x W`` then gives exactly
-    the zero-padded convolution, and embeddings and restrictions have norm 1.
-    """
-    if kernel_size == 1:
-        return (1, 1)
-    p = kernel_size // 2
-    return (input_size[0] + p, input_size[1] + p)
-
-
 class SpectralConv2d(_SpectralMixin):
-    r"""Stride-1 "same" convolution normalised by its operator norm on the actual input size.
+    r"""Stride-1 "same" convolution normalised by a guaranteed bound of its operator norm on
+    the actual input size.
 
-    With ``exact`` (default when the smaller channel count is at most
-    :data:`EXACT_MAX_CHANNELS`, or for 1x1 kernels at most :data:`EXACT_MAX_DIM`), ``sigma``
-    is the exact norm of the *circular* convolution on the torus of :func:`circular_grid`: the
-    largest singular value of the ``C_out x C_in`` kernel transforms over all its frequencies
-    (an FFT and a batched eigen-decomposition per weight change). It bounds the zero-padded
-    convolution's norm from above (by 1-20% on tiny inputs, less on larger ones), so the bound
-    ``||conv|| <= c`` holds at every call. Otherwise ``sigma`` is estimated by warm-started
-    power iteration with ``conv2d`` / ``conv_transpose2d`` (with the safety ``margin``, refined
-    to a tolerance in evaluation mode); certify such layers with
-    :func:`~implicit_transforms.lipschitz.certify`.
+    The bound is the norm of the *circular* convolution on the torus of :func:`circular_grid`
+    (the largest singular value of the ``C_out x C_in`` kernel transforms over all its
+    frequencies), which bounds the zero-padded convolution's norm from above (by 1-20% on tiny
+    inputs, less on larger ones). It is exact (an FFT and a batched eigen-decomposition per
+    weight change) when the smaller channel count is at most :data:`EXACT_MAX_CHANNELS` (1x1
+    kernels: :data:`EXACT_MAX_DIM`), else certified slightly above the power-iteration
+    estimate (see the module docstring). ``||conv|| <= c`` holds at every call.
 
-    The estimate refers to the spatial size ``(H, W)`` of the input seen in forward and is
+    The bound refers to the spatial size ``(H, W)`` of the input seen in forward and is
     redone whenever that size changes.
 
     Args:
@@ -404,9 +436,8 @@ class SpectralConv2d(_SpectralMixin):
         kernel_size: odd kernel size ``k`` (padding ``k // 2`` keeps the spatial size).
         coeff: Lipschitz coefficient ``c`` in ``(0, 1)``.
         bias: whether to learn a bias.
-        n_power_iterations: power iterations per weight change in training (power mode).
-        margin: safety factor ``1 + margin`` on the power-iteration estimate.
-        exact: force the circular bound (``True``) or power iteration (``False``).
+        n_power_iterations: power iterations per weight change (certified layers).
+        exact: force the exact circular norm (``True``) or the certified bound (``False``).
 
     Shapes:
         ``(B, C_in, H, W) -> (B, C_out, H, W)``.
@@ -424,11 +455,10 @@ class SpectralConv2d(_SpectralMixin):
         coeff: float = 0.97,
         bias: bool = True,
         n_power_iterations: int = 2,
-        margin: float = 0.02,
         exact: bool | None = None,
     ) -> None:
         super().__init__()
-        self._init_spectral(coeff, n_power_iterations, margin)
+        self._init_spectral(coeff, n_power_iterations)
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
         self.in_channels, self.out_channels, self.kernel_size = (
@@ -457,8 +487,11 @@ class SpectralConv2d(_SpectralMixin):
 
     @property
     def spatial_size(self) -> tuple[int, int] | None:
-        """The ``(H, W)`` the norm estimate refers to, or ``None`` before the first forward."""
+        """The ``(H, W)`` the norm refers to, or ``None`` before the first forward."""
         return None if self.v.shape[0] == 0 else (int(self.v.shape[2]), int(self.v.shape[3]))
+
+    def _spatial(self) -> tuple[int, int] | None:
+        return self.spatial_size
 
     def _ready(self) -> bool:
         return self.spatial_size is not None
@@ -469,21 +502,25 @@ class SpectralConv2d(_SpectralMixin):
     def _apply_wt(self, y: Tensor, w: Tensor) -> Tensor:
         return F.conv_transpose2d(y, w, padding=self.padding)
 
+    def _operator_matrices(self, w: Tensor) -> Tensor:
+        size = self.spatial_size
+        if self.kernel_size == 1 or size is None:  # (a k > 1 layer is certified once sized)
+            return w[None, :, :, 0, 0]
+        return circular_spectrum(w, circular_grid(size, self.kernel_size))
+
     def _exact_singular_vectors(self, w: Tensor) -> None:
         size = self.spatial_size
         if size is None:  # pragma: no cover - _sync checks readiness first
             return
         n1, n2 = circular_grid(size, self.kernel_size)
-        spec = torch.fft.fft2(w, s=(n1, n2)).permute(2, 3, 0, 1).reshape(n1 * n2, *w.shape[:2])
+        spec = circular_spectrum(w, (n1, n2))
         # Top singular pair of every frequency from the smaller (Hermitian) Gram matrix.
+        vals, vecs = torch.linalg.eigh(gram(spec))
+        best = int(vals[:, -1].argmax())
         if w.shape[1] <= w.shape[0]:
-            vals, vecs = torch.linalg.eigh(spec.mH @ spec)
-            best = int(vals[:, -1].argmax())
             v = vecs[best, :, -1]
             u = spec[best] @ v
         else:
-            vals, vecs = torch.linalg.eigh(spec @ spec.mH)
-            best = int(vals[:, -1].argmax())
             u = vecs[best, :, -1]
             v = spec[best].mH @ u
         u = u / torch.linalg.vector_norm(u).clamp_min(torch.finfo(w.dtype).tiny)
@@ -514,6 +551,7 @@ class SpectralConv2d(_SpectralMixin):
             torch.randn(1, self.in_channels, h, w, dtype=like.dtype, device=like.device)
         )
         self._estimate_of = None
+        self._bound = None
         if self.exact:
             self._sync()
         else:
@@ -525,6 +563,12 @@ class SpectralConv2d(_SpectralMixin):
             raise ValueError(f"SpectralConv2d needs the input's (H, W), got {spatial_size!r}")
         h, w = int(spatial_size[0]), int(spatial_size[1])
         if self.spatial_size != (h, w):
+            if _functorch_active():
+                raise RuntimeError(
+                    f"SpectralConv2d: under torch.func transforms the layer cannot adopt a new "
+                    f"input size (saw {self.spatial_size}, got {(h, w)}): run one ordinary "
+                    "forward pass at this size first"
+                )
             self._reset_size(h, w)
         return self.normalized_weight()
 
@@ -547,8 +591,6 @@ class SpectralConv2d(_SpectralMixin):
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(state_dict[key], device=self.weight.device))
         super()._load_from_state_dict(state_dict, prefix, *args)
-        if self.exact:  # the estimate is recomputed exactly from the loaded weight
-            self._estimate_of = None
 
     def extra_repr(self) -> str:
         return (
