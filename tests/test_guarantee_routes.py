@@ -283,3 +283,46 @@ def test_functional_call_with_large_layers_uses_an_exact_norm() -> None:
         layer, {"weight": w}, (torch.eye(300, dtype=torch.float64),)
     )
     assert float(torch.linalg.matrix_norm(normed - layer.bias, ord=2)) <= 0.9 + 1e-9
+
+
+# -- the shipped recipes at their largest sizes, in training ---------------------------------
+def test_image_flow_with_512_hidden_channels_certifies_in_training() -> None:
+    pytest.importorskip("nflows")
+    import implicit_transforms.plugins.nflows  # noqa: F401  (import order: see test_imports)
+    from implicit_transforms.plugins.nflows_images import image_flow
+
+    torch.manual_seed(0)
+    flow = image_flow((1, 8, 8), "resflow", levels=1, blocks_per_level=1, hidden_channels=512)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-2)
+    x = torch.rand(8, 1, 8, 8)
+    for _ in range(2):
+        loss = -flow.log_prob(x).mean()
+        assert _worst_conv(flow) <= 1 + 1e-5
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def _worst_conv(model: nn.Module) -> float:
+    layers = [m for m in model.modules() if isinstance(m, _SpectralMixin) and m._ready()]
+    assert any(not m.exact for m in layers)  # the 512 x 512 1x1 convolution is certified
+    return max(_applied_norm(m) for m in layers)
+
+
+def test_autoflowstack_at_d256_certifies_in_training() -> None:
+    pyro = pytest.importorskip("pyro")
+    import pyro.distributions as dist
+    from implicit_transforms.plugins.pyro import AutoFlowStack
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.optim import ClippedAdam
+
+    pyro.clear_param_store()
+
+    def model() -> None:
+        pyro.sample("z", dist.Normal(torch.zeros(256), 10.0).to_event(1))
+
+    guide = AutoFlowStack(model, "impflow")
+    svi = SVI(model, guide, ClippedAdam({"lr": 1e-2}), Trace_ELBO())
+    svi.step()
+    guide()
+    assert _worst(guide) <= 1 + 1e-5

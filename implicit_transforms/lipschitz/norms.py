@@ -153,7 +153,7 @@ def certified_norm_bound(mats: Tensor, estimate: float, slack: float = 1e-3) -> 
 
     Example:
         >>> w = torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
-        >>> nb = certified_norm_bound(w, estimate=1.99)
+        >>> nb = certified_norm_bound(w, estimate=1.999)
         >>> 2.0 <= nb.bound <= 2.0 * 1.01
         True
     """

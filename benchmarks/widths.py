@@ -1,0 +1,176 @@
+"""The Lipschitz bound and its cost at every width: dense layers 128-1024, convolutions 64-512.
+
+Two measurements, each from the public API only, so the same script runs on any version of
+the library (run it once per checkout and compare):
+
+* ``bounds``: a ResFlow block ``[W, W]`` (D = 4) trained for ``--steps`` steps on an expanding
+  objective with Adam at lr 1e-3 / 3e-3 / 1e-2 and SGD at lr 1e-1; after **every** training
+  forward, the exact norm (float64 SVD) of every weight the block applied, over ``coeff``.
+  Above 1 the guarantee is broken.
+* ``cost``: CPU time of one training step (forward, log-det, backward, Adam step) of the same
+  block (dense, batch 256) and of a ``LipschitzCNN`` with ``C`` hidden channels and ``C``
+  image channels on 8x8 inputs (batch 16), medians over ``--repeats`` steps, one thread.
+
+Run with ``--compare OTHER_CHECKOUT`` to interleave the cost measurement with another
+checkout of the library in subprocesses (A, B, A, B, ...) and print the ratios.
+
+    OMP_NUM_THREADS=1 python benchmarks/widths.py --compare ../old-checkout
+
+Results: ``benchmarks/README.md`` ("Certified bounds at every width").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from implicit_transforms.blocks import resflow_block
+from implicit_transforms.lipschitz import LipschitzCNN
+
+WIDTHS = [128, 256, 384, 512, 1024]
+CHANNELS = [64, 128, 256, 512]
+OPTIMIZERS = {
+    "adam-1e-3": lambda p: torch.optim.Adam(p, lr=1e-3),
+    "adam-3e-3": lambda p: torch.optim.Adam(p, lr=3e-3),
+    "adam-1e-2": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "sgd-1e-1": lambda p: torch.optim.SGD(p, lr=1e-1),
+}
+
+
+def _applied_worst(model: torch.nn.Module) -> float:
+    worst = 0.0
+    for m in model.modules():
+        if hasattr(m, "normalized_weight") and hasattr(m, "coeff") and m.weight.dim() == 2:
+            w = m.normalized_weight().detach().double()
+            worst = max(worst, float(torch.linalg.matrix_norm(w, ord=2)) / m.coeff)
+    return worst
+
+
+def bounds(width: int, opt_name: str, steps: int) -> float:
+    torch.manual_seed(0)
+    block = resflow_block(4, [width, width])
+    opt = OPTIMIZERS[opt_name](list(block.parameters()))
+    data = 0.01 * torch.randn(1024, 4)
+    worst = 0.0
+    for _ in range(steps):
+        z, ld = block.forward_and_logdet(data[torch.randint(0, 1024, (64,))])
+        worst = max(worst, _applied_worst(block))
+        loss = (0.5 * z.pow(2).sum(1) - ld).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return worst
+
+
+def _step_time(model_step, repeats: int) -> float:
+    times = []
+    for i in range(repeats + 2):
+        t0 = time.process_time()
+        model_step()
+        if i >= 2:  # warm-up
+            times.append(time.process_time() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def cost_dense(width: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    block = resflow_block(4, [width, width])
+    opt = torch.optim.Adam(block.parameters(), lr=1e-3)
+    x = torch.randn(256, 4)
+
+    def step() -> None:
+        z, ld = block.forward_and_logdet(x)
+        loss = (0.5 * z.pow(2).sum(1) - ld).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _step_time(step, repeats)
+
+
+def cost_conv(channels: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    net = LipschitzCNN(channels, channels, coeff=0.97)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(16, channels, 8, 8)
+
+    def step() -> None:
+        loss = net(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return _step_time(step, repeats)
+
+
+def _costs(repeats: int) -> dict[str, float]:
+    out = {f"dense-{w}": cost_dense(w, repeats) for w in WIDTHS}
+    out.update({f"conv-{c}": cost_conv(c, max(3, repeats // 3)) for c in CHANNELS})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--compare", type=Path, help="another checkout with its own .venv")
+    parser.add_argument("--only", choices=["bounds", "cost"])
+    parser.add_argument("--json", action="store_true", help="print one JSON object (internal)")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings (the test suite)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.smoke:
+        WIDTHS[:] = [8, 16]
+        CHANNELS[:] = [4]
+        args.steps, args.repeats, args.rounds = 2, 1, 1
+    result: dict[str, dict[str, float]] = {}
+    if args.only in (None, "bounds"):
+        result["bounds"] = {
+            f"{w}/{o}": bounds(w, o, args.steps) for w in WIDTHS for o in OPTIMIZERS
+        }
+    if args.json:
+        if args.only in (None, "cost"):
+            result["cost"] = _costs(args.repeats)
+        print(json.dumps(result))
+        return
+    if "bounds" in result:
+        print("applied norm / coeff, worst over every training forward (> 1: broken)")
+        for key, value in result["bounds"].items():
+            print(f"  {key:>16}: {value:.4f}")
+    if args.only == "bounds":
+        return
+    runs: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
+    for _ in range(args.rounds):
+        for name, root in (("this", None), ("other", args.compare)):
+            if root is None and name == "other":
+                continue
+            here = Path(__file__).resolve()
+            python = str(root / ".venv/bin/python") if root else sys.executable
+            cmd = [python, str(here), "--only", "cost", "--json", "--repeats", str(args.repeats)]
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+            runs[name].append(json.loads(out.stdout)["cost"])
+    print(
+        "training step, CPU ms (median over rounds)"
+        + (" and ratio this/other" if args.compare else "")
+    )
+    for key in runs["this"][0]:
+        this = sorted(r[key] for r in runs["this"])[len(runs["this"]) // 2] * 1e3
+        line = f"  {key:>10}: {this:9.2f}"
+        if runs["other"]:
+            other = sorted(r[key] for r in runs["other"])[len(runs["other"]) // 2] * 1e3
+            line += f"  other {other:9.2f}  ratio {this / other:.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
