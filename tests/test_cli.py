@@ -580,6 +580,21 @@ def test_flags_without_effect_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
         assert not (tmp_path / "r").exists()
 
 
+def test_run_directories_written_before_still_evaluate(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Older configs stored --warmup 100 for shorter runs (and the unused --n-samples of a
+    data file, see above): evaluate and sample still read them."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    cfg = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**cfg, "warmup": 100, "steps": 6}))
+    assert run_cli(["evaluate", str(old), "--no-progress"], capsys)[0] == 0
+    assert run_cli(["sample", str(old), "-n", "5"], capsys)[0] == 0
+
+
 # -- resume: --steps is the total ---------------------------------------------------------------
 
 
@@ -601,6 +616,12 @@ def test_resume_steps_is_the_total_to_reach(
         # nothing was touched: config.json and report.json still agree
         assert (run / "config.json").read_bytes() == config
         assert (run / "report.json").read_bytes() == report
+    # an interrupted longer run: the new total must leave room for its stored warm-up
+    stored = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**stored, "steps": 200, "warmup": 100}))
+    code, _, err = run_cli(["train", "--resume", str(run), "--steps", "50"], capsys)
+    assert code == 2 and "warms up for 100 steps (its --warmup), longer than --steps 50" in err
+    (run / "config.json").write_bytes(config)
     code, out, _ = run_cli(["train", "--resume", str(run), "--steps", "6", "--no-progress"], capsys)
     assert code == 0 and "from step 4 to 6 (2 more steps)" in out
     assert json.loads((run / "config.json").read_text())["steps"] == 6

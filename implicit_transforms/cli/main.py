@@ -170,6 +170,11 @@ def _train(args: argparse.Namespace) -> int:
         stored = TrainConfig.load(run.config)
         done = checkpoint_step(run.checkpoint)
         _check_resume_steps(run, stored.steps, args.steps, done)
+        if args.steps is not None and stored.warmup is not None and stored.warmup > args.steps:
+            raise _UsageError(
+                f"run {str(run.root)!r} warms up for {stored.warmup} steps (its --warmup), longer "
+                f"than --steps {args.steps}; resume with --steps >= {stored.warmup}"
+            )
         cfg = dataclasses.replace(
             stored, steps=args.steps if args.steps is not None else stored.steps
         )
@@ -276,7 +281,12 @@ def _default_name(cfg: TrainConfig) -> str:
 def _load_run(args: argparse.Namespace) -> tuple[Session, RunDir, dict[str, Any]]:
     run = RunDir(args.run_dir)
     run.require(run.config)
-    cfg = TrainConfig.load(run.config).resolved()
+    stored = TrainConfig.load(run.config)
+    if stored.warmup is not None and stored.warmup > stored.steps:
+        # Written before a warm-up longer than the run was refused; evaluating and sampling do
+        # not depend on the schedule.
+        stored = dataclasses.replace(stored, warmup=stored.steps)
+    cfg = stored.resolved()
     session = Session.create(cfg, device=args.device)
     info = load_weights(session, run, args.checkpoint)
     return session, run, info
