@@ -1,8 +1,10 @@
 """The trainer's settings: one frozen dataclass, its validation, and its command-line flags.
 
-Every field is one ``--flag`` (underscores become dashes); ``None`` means "the model's own
-default" and is replaced by a concrete value in :meth:`TrainConfig.resolved`, which is what a
-run directory stores in ``config.json``.
+Every field is one ``--flag`` (underscores become dashes); ``None`` means "the default for this
+model, data and run length" and is replaced by a concrete value in :meth:`TrainConfig.resolved`,
+which is what a run directory stores in ``config.json`` (``n_samples`` stays ``None`` for files
+and images, which use all their rows). A flag that would have no effect, or a different one
+than asked, is a ``ValueError``.
 """
 
 from __future__ import annotations
