@@ -35,6 +35,11 @@ TINY = [
 ]  # fmt: skip
 
 
+# A data file uses all its rows: --n-samples is for the built-in data sets only.
+TINY_FILE = TINY[2:]
+assert TINY[:2] == ["--n-samples", "400"]
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     code = main(args)
     out, err = capsys.readouterr()
@@ -392,7 +397,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
 def test_bad_settings_exit_2_with_one_line(
     extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, _, err = run_cli(["train", *TINY, *extra, "--run-dir", str(tmp_path / "r")], capsys)
+    args = ["train", *TINY_FILE, *extra, "--run-dir", str(tmp_path / "r")]
+    code, _, err = run_cli(args, capsys)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("implicit-transforms: error:") and message in err
 
@@ -408,7 +414,7 @@ def test_bad_data_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
         (tmp_path / "no.csv", "does not exist"),
     ):
         code, _, err = run_cli(
-            ["train", *TINY, "--dataset", str(path), "--run-dir", str(tmp_path / "r")], capsys
+            ["train", *TINY_FILE, "--dataset", str(path), "--run-dir", str(tmp_path / "r")], capsys
         )
         assert code == 2 and message in err and err.count("\n") == 1
 
@@ -442,7 +448,7 @@ def test_user_file_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     code, out, _ = run_cli(
         [
             "train",
-            *TINY,
+            *TINY_FILE,
             "--dataset",
             str(tmp_path / "d.npy"),
             "--model",
@@ -505,3 +511,255 @@ def test_cuda_smoke(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert report["device"].startswith("cuda") and math.isfinite(report["test"]["nll_bits"])
     code, _, _ = run_cli(["sample", str(run), "-n", "20"], capsys)
     assert code == 0 and np.load(run / "samples.npy").shape == (20, 2)
+
+
+# -- flags that must not pass silently ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"blocks": 1}, "the default model rq-impflow alternates RQ coupling layers and ImpFlow"),
+        ({"model": "rq-impflow", "blocks": 1}, "it needs --blocks >= 2 to contain an ImpFlow"),
+        ({"warmup": 50, "steps": 10}, "--warmup 50 is longer than --steps 10"),
+        ({"warmup": -1}, "--warmup must be an integer >= 0"),
+        ({"dataset": "x.csv", "n_samples": 100}, "--n-samples applies to the built-in 2-D data"),
+        ({"dataset": "digits", "n_samples": 100}, "not to --dataset digits (an image data set"),
+        ({"n_samples": 0}, "--n-samples must be a positive integer"),
+    ],
+)
+def test_settings_that_would_do_something_else_than_asked(
+    change: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        TrainConfig(**change).resolved()  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_default_warmup_and_n_samples_follow_the_run() -> None:
+    assert TrainConfig(steps=10).resolved().warmup == 10  # not longer than the run
+    assert TrainConfig(steps=5000).resolved().warmup == 100
+    assert TrainConfig(warmup=10, steps=10).resolved().warmup == 10
+    assert TrainConfig().resolved().n_samples == 50_000
+    assert TrainConfig(dataset="x.csv").resolved().n_samples is None
+    assert TrainConfig(dataset="digits").resolved().n_samples is None
+    # run directories written before kept the unused default for files: still readable
+    old = {**TrainConfig(dataset="x.csv").resolved().to_json(), "n_samples": 50_000}
+    assert TrainConfig.from_json(old).resolved().n_samples is None
+    with pytest.raises(ValueError, match="n_samples applies to the built-in data sets"):
+        load_dataset("x.csv", n_samples=100)
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_rq_impflow_contains_both_kinds_of_layer(blocks: int) -> None:
+    from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform
+
+    from implicit_transforms.blocks import ImplicitBlock
+    from implicit_transforms.cli.models import blocks_of, build_flow
+
+    cfg = TrainConfig(model="rq-impflow", blocks=blocks, hidden=(8,)).resolved()
+    flow = build_flow(cfg, torch.zeros(2), torch.ones(2))
+    kinds = [type(b) for b in blocks_of(flow)]
+    assert kinds == [ImplicitBlock] * (blocks // 2)
+    couplings = [m for m in flow.modules()
+                 if isinstance(m, PiecewiseRationalQuadraticCouplingTransform)]  # fmt: skip
+    assert len(couplings) == (blocks + 1) // 2
+
+
+def test_flags_without_effect_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(100, 2)))
+    for extra, message in (
+        (["--dataset", str(data), "--n-samples", "100"], "--n-samples applies to the built-in"),
+        (["--steps", "6", "--warmup", "7"], "--warmup 7 is longer than --steps 6"),
+        (["--blocks", "1"], "needs --blocks >= 2 to contain an ImpFlow block, got --blocks 1"),
+    ):
+        args = ["train", *TINY_FILE, *extra, "--run-dir", str(tmp_path / "r")]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert not (tmp_path / "r").exists()
+
+
+def test_run_directories_written_before_still_evaluate(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Older configs stored --warmup 100 for shorter runs (and the unused --n-samples of a
+    data file, see above): evaluate and sample still read them."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    cfg = json.loads((old / "config.json").read_text())
+    (old / "config.json").write_text(json.dumps({**cfg, "warmup": 100, "steps": 6}))
+    assert run_cli(["evaluate", str(old), "--no-progress"], capsys)[0] == 0
+    assert run_cli(["sample", str(old), "-n", "5"], capsys)[0] == 0
+
+
+# -- resume: --steps is the total ---------------------------------------------------------------
+
+
+def test_resume_steps_is_the_total_to_reach(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "r"
+    args = [*TINY, "--model", "rq-coupling", "--steps", "4", "--eval-every", "2", "--warmup", "1"]
+    assert run_cli(["train", *args, "--run-dir", str(run)], capsys)[0] == 0
+    config, report = (run / "config.json").read_bytes(), (run / "report.json").read_bytes()
+    for steps, message in (
+        (["--steps", "2"], "is already at step 4, so --steps 2 leaves nothing to train; pass "
+                           "--steps N with N > 4 (--steps 6 trains 2 more)"),
+        (["--steps", "4"], "is already at step 4, so --steps 4 leaves nothing to train"),
+        ([], "has done all its 4 steps; pass --steps N with N > 4"),
+    ):  # fmt: skip
+        code, out, err = run_cli(["train", "--resume", str(run), *steps, "--no-progress"], capsys)
+        assert code == 2 and message in err and out == "", err
+        # nothing was touched: config.json and report.json still agree
+        assert (run / "config.json").read_bytes() == config
+        assert (run / "report.json").read_bytes() == report
+    # an interrupted longer run: the new total must leave room for its stored warm-up
+    stored = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**stored, "steps": 200, "warmup": 100}))
+    code, _, err = run_cli(["train", "--resume", str(run), "--steps", "50"], capsys)
+    assert code == 2 and "warms up for 100 steps (its --warmup), longer than --steps 50" in err
+    (run / "config.json").write_bytes(config)
+    code, out, _ = run_cli(["train", "--resume", str(run), "--steps", "6", "--no-progress"], capsys)
+    assert code == 0 and "from step 4 to 6 (2 more steps)" in out
+    assert json.loads((run / "config.json").read_text())["steps"] == 6
+    assert json.loads((run / "report.json").read_text())["steps"] == 6
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 6
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    # steps 5 and 6 follow the cosine schedule of the new total (not the old one's final 0)
+    for r in steps[4:]:
+        factor = lr_factor(r["step"] - 1, warmup=1, total=6, schedule="cosine")
+        assert r["lr"] == pytest.approx(1e-3 * factor) and factor > 0.09
+
+
+# -- report.json: numbers or null ---------------------------------------------------------------
+
+
+def _strict_json(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _strings(obj: object, path: str = "") -> dict[str, str]:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _strings(val, f"{path}.{key}").items()}
+    if isinstance(obj, list):
+        return {k: v for i, val in enumerate(obj) for k, v in _strings(val, f"{path}[{i}]").items()}
+    return {path: obj} if isinstance(obj, str) else {}
+
+
+def test_tiny_test_split_report_holds_numbers_or_null(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """10 samples leave one test row: its standard error does not exist and is null."""
+    run = tmp_path / "r"
+    args = [*TINY_FILE, "--n-samples", "10", "--model", "rq-coupling", "--run-dir", str(run)]
+    code, out, _ = run_cli(["train", *args], capsys)
+    assert code == 0 and "test NLL" in out
+    report = _strict_json((run / "report.json").read_text())
+    assert isinstance(report, dict) and report["n_test"] == 1
+    assert report["test"]["nll_bits_stderr"] is None
+    assert math.isfinite(report["test"]["nll_bits"])
+    # the only strings are names and descriptions, never numbers
+    texts = _strings(report)
+    assert not [k for k, v in texts.items() if v.lower() in ("nan", "inf", "-inf", "infinity")]
+    assert set(texts) <= {".dataset", ".model", ".device", ".dtype", ".test.logdet", ".figure",
+                          ".checkpoint"} | {k for k in texts if k.startswith(".versions.")}  # fmt: skip
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict_json(line)
+    _strict_json((run / "config.json").read_text())
+
+
+def test_json_ready_replaces_non_finite_numbers_by_null() -> None:
+    from implicit_transforms.cli.rundir import json_text
+
+    text = json_text({"a": float("nan"), "b": [1.5, float("-inf")], "c": {"d": float("inf")}})
+    assert _strict_json(text) == {"a": None, "b": [1.5, None], "c": {"d": None}}
+
+
+# -- report.json: exact or estimated test NLL -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("features", "extra", "exact"),
+    [
+        (65, ["--model", "resflow"], False),
+        (65, ["--model", "resflow", "--logdet", "exact"], True),
+        (64, ["--model", "resflow"], True),
+        (65, ["--model", "rq-coupling"], True),
+    ],
+)
+def test_report_says_whether_the_test_nll_is_exact(
+    features: int,
+    extra: list[str],
+    exact: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Blocks on D > 64 evaluate a 30-term power series: a stochastic estimate, labelled."""
+    data = tmp_path / "d.npy"
+    np.save(data, np.random.default_rng(0).normal(size=(60, features)))
+    run = tmp_path / "r"
+    args = ["train", *TINY_FILE, "--dataset", str(data), "--blocks", "1", "--steps", "2",
+            "--warmup", "1", "--figure-samples", "20", *extra, "--run-dir", str(run)]  # fmt: skip
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0
+    test = json.loads((run / "report.json").read_text())["test"]
+    assert test["nll_exact"] is exact
+    assert ("note: the test NLL is not exact" in out) is not exact
+    if exact:
+        assert test["logdet"] == "exact"
+    else:
+        assert test["logdet"].startswith("stochastic estimate for D = 65 > 64: PowerSeriesLogDet")
+
+
+# -- data files with a pandas index ---------------------------------------------------------------
+
+
+def _pandas_csv(path: Path, index_name: str, rows: np.ndarray) -> None:
+    """What ``pandas.DataFrame(rows, columns=["x0", ...]).to_csv(path)`` writes (pandas is not a
+    dependency): the row index first, under an empty header name by default."""
+    names = [f"x{j}" for j in range(rows.shape[1])]
+    lines = [",".join([index_name, *names])]
+    lines += [",".join([str(i), *(repr(float(v)) for v in r)]) for i, r in enumerate(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("index_name", ["", "Unnamed: 0", "index"])
+def test_a_pandas_index_column_is_dropped_and_said(tmp_path: Path, index_name: str) -> None:
+    arr = np.random.default_rng(0).normal(size=(30, 2))
+    _pandas_csv(tmp_path / "d.csv", index_name, arr)
+    said: list[str] = []
+    loaded = load_array(tmp_path / "d.csv", log=said.append)
+    assert loaded.shape == (30, 2) and np.allclose(loaded.numpy(), arr)
+    assert len(said) == 1 and "dropped the first column" in said[0] and "0..29" in said[0]
+    # a real first feature with an ordinary name is kept
+    (tmp_path / "e.csv").write_text(
+        "a,b\n" + "\n".join(f"{i},{v}" for i, v in enumerate(arr[:, 0]))
+    )
+    assert load_array(tmp_path / "e.csv", log=said.append).shape == (30, 2) and len(said) == 1
+
+
+def test_a_headerless_row_number_column_is_refused(tmp_path: Path) -> None:
+    arr = np.random.default_rng(0).normal(size=(30, 2))
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(f"{i},{a},{b}" for i, (a, b) in enumerate(arr)) + "\n")
+    with pytest.raises(ValueError, match=r"the first column is the row number 0\.\.29"):
+        load_array(path)
+
+
+def test_train_on_a_pandas_csv_uses_the_features_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _pandas_csv(tmp_path / "d.csv", "", np.random.default_rng(0).normal(size=(200, 2)))
+    run = tmp_path / "r"
+    args = ["train", *TINY_FILE, "--dataset", str(tmp_path / "d.csv"), "--run-dir", str(run)]
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "dropped the first column" in out and "D=2" in out
+    assert json.loads((run / "report.json").read_text())["features"] == 2

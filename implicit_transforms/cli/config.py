@@ -1,8 +1,10 @@
 """The trainer's settings: one frozen dataclass, its validation, and its command-line flags.
 
-Every field is one ``--flag`` (underscores become dashes); ``None`` means "the model's own
-default" and is replaced by a concrete value in :meth:`TrainConfig.resolved`, which is what a
-run directory stores in ``config.json``.
+Every field is one ``--flag`` (underscores become dashes); ``None`` means "the default for this
+model, data and run length" and is replaced by a concrete value in :meth:`TrainConfig.resolved`,
+which is what a run directory stores in ``config.json`` (``n_samples`` stays ``None`` for files
+and images, which use all their rows). A flag that would have no effect, or a different one
+than asked, is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from implicit_transforms.cli.data import TOY_DATASETS
+from implicit_transforms.cli.data import DEFAULT_N_SAMPLES, TOY_DATASETS
 from implicit_transforms.images.data import IMAGE_DATASETS
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
@@ -57,6 +59,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 _COMMON_DEFAULTS: dict[str, Any] = {"lr": 1e-3}
+#: Linear warm-up steps, or all of ``--steps`` when a run is shorter.
+DEFAULT_WARMUP = 100
 
 #: Image data sets change these defaults (the Residual Flows and ImpFlow image models use
 #: LipSwish networks) and fill the image-only settings.
@@ -85,7 +89,12 @@ class TrainConfig:
         "built-in data set (2-D toy densities; images: digits, mnist, fashion-mnist, cifar10) or "
         "a .npy/.csv file of vectors (N, D)",
     )
-    n_samples: int = _f(50_000, "number of samples drawn from a built-in data set")
+    n_samples: int | None = _f(
+        None,
+        "number of samples drawn from a built-in 2-D data set (not for files or images, which "
+        "use all their rows)",
+        default_text=str(DEFAULT_N_SAMPLES),
+    )
     val_fraction: float = _f(0.1, "fraction of the data held out for validation")
     test_fraction: float = _f(0.1, "fraction of the data held out for the final test")
     data_seed: int = _f(0, "seed of the data sampler and of the train/validation/test split")
@@ -128,10 +137,18 @@ class TrainConfig:
     tail_bound: float = _f(3.0, "rq-coupling: splines act on [-B, B] (standardised units)")
     compile: bool = _f(False, "evaluate the Lipschitz networks through torch.compile")
     # optimisation
-    steps: int = _f(2000, "optimisation steps")
+    steps: int = _f(
+        2000,
+        "optimisation steps in total; with --resume the total to reach, counting the steps "
+        "already done",
+    )
     batch_size: int = _f(256, "training batch size")
     lr: float | None = _f(None, "peak learning rate of Adam (default 2e-3 rq-impflow, else 1e-3)")
-    warmup: int = _f(100, "steps of linear learning-rate warm-up")
+    warmup: int | None = _f(
+        None,
+        "steps of linear learning-rate warm-up, at most --steps",
+        default_text=f"{DEFAULT_WARMUP}, or --steps when fewer",
+    )
     schedule: str = _f("cosine", "learning rate after warm-up", choices=("cosine", "constant"))
     weight_decay: float = _f(0.0, "Adam weight decay")
     clip_grad: float = _f(10.0, "clip the gradient norm to this value (0: no clipping)")
@@ -156,7 +173,21 @@ class TrainConfig:
         """Validate every field and fill the model defaults; raises ``ValueError``."""
         self._validate()
         model = self.model or ("impflow" if self.is_image else "rq-impflow")
-        defaults = {**_COMMON_DEFAULTS, "model": model, **MODEL_DEFAULTS[model]}
+        if model == "rq-impflow" and self.blocks < 2:
+            which = "--model rq-impflow" if self.model else "the default model rq-impflow"
+            raise ValueError(
+                f"{which} alternates RQ coupling layers and ImpFlow blocks (coupling first), so "
+                f"it needs --blocks >= 2 to contain an ImpFlow block, got --blocks {self.blocks}; "
+                "--model rq-coupling is couplings only, --model impflow ImpFlow only"
+            )
+        defaults = {
+            **_COMMON_DEFAULTS,
+            "model": model,
+            "warmup": min(DEFAULT_WARMUP, self.steps),
+            **MODEL_DEFAULTS[model],
+        }
+        if self.dataset in TOY_DATASETS:
+            defaults["n_samples"] = DEFAULT_N_SAMPLES
         if self.is_image:
             defaults.update(IMAGE_DEFAULTS)
         fills = {k: v for k, v in defaults.items() if getattr(self, k) is None}
@@ -175,6 +206,10 @@ class TrainConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"config: unknown setting(s) {unknown}")
+        if data.get("dataset") not in TOY_DATASETS and data.get("n_samples") is not None:
+            # Runs written before --n-samples was refused for files and images stored the
+            # unused default there; it never had an effect, so it is dropped.
+            data = {**data, "n_samples": None}
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
@@ -205,19 +240,27 @@ class TrainConfig:
 
         if self.model is not None and self.model not in MODELS:
             raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        for name in ("n_samples", "blocks", "n_probes", "n_exact_terms", "n_terms", "bins",
+        for name in ("blocks", "n_probes", "n_exact_terms", "n_terms", "bins",
                      "steps", "batch_size", "eval_every", "eval_batch_size", "figure_grid", "figure_samples"):  # fmt: skip
             positive_int(name)
-        if self.max_iter is not None:
-            positive_int("max_iter")
+        for name in ("max_iter", "n_samples"):
+            if getattr(self, name) is not None:
+                positive_int(name)
         if not self.hidden or any(
             isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
         ):
             raise ValueError(
                 f"--hidden must be one or more positive integers, got {list(self.hidden)!r}"
             )
-        if self.warmup < 0:
-            raise ValueError(f"--warmup must be >= 0, got {self.warmup!r}")
+        if self.warmup is not None:
+            w = self.warmup
+            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+                raise ValueError(f"--warmup must be an integer >= 0, got {w!r}")
+            if w > self.steps:
+                raise ValueError(
+                    f"--warmup {w} is longer than --steps {self.steps}: the learning rate would "
+                    f"never reach --lr; pass --warmup <= {self.steps}"
+                )
         if self.lr is not None:
             finite("lr", 0.0, math.inf, lo_open=True, hi_open=True)
         finite("weight_decay", 0.0, math.inf, lo_open=False, hi_open=True)
@@ -250,6 +293,12 @@ class TrainConfig:
             raise ValueError(
                 f"--dataset: unknown dataset {self.dataset!r}: expected one of "
                 f"{', '.join(known)} or a path to a .npy/.csv file"
+            )
+        if self.n_samples is not None and self.dataset not in TOY_DATASETS:
+            kind = "an image data set" if self.is_image else "a data file"
+            raise ValueError(
+                f"--n-samples applies to the built-in 2-D data sets ({', '.join(TOY_DATASETS)}), "
+                f"not to --dataset {self.dataset} ({kind}: all its rows are used)"
             )
         if self.is_image:
             self._validate_image()
@@ -308,7 +357,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups.get(f.name, group)
         meta = dict(f.metadata)
         help_text = meta.pop("help")
-        shown = "model default" if f.default is None else f.default
+        shown = meta.pop("default_text", "model default" if f.default is None else f.default)
         if isinstance(shown, tuple):
             shown = " ".join(map(str, shown))
         kwargs: dict[str, Any] = {

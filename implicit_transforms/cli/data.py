@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_N_SAMPLES",
     "KNOWN_ENTROPY_BITS",
     "TOY_DATASETS",
     "DataSplits",
@@ -32,6 +33,14 @@ __all__ = [
 ]
 
 Sampler = Callable[[int, torch.Generator], Tensor]
+Log = Callable[[str], None]
+
+#: Samples drawn from a built-in toy data set unless ``--n-samples`` says otherwise.
+DEFAULT_N_SAMPLES = 50_000
+
+#: Header names that pandas and friends give a written row index (``DataFrame.to_csv()``
+#: writes an empty name; reading that back and writing again gives ``Unnamed: 0``).
+INDEX_HEADERS = ("", "unnamed: 0", "index")
 
 
 def _uniform(n: int, g: torch.Generator) -> Tensor:
@@ -154,12 +163,25 @@ class DataSplits:
         return int(self.train.shape[1])
 
 
-def load_array(path: str | Path) -> Tensor:
+def load_array(path: str | Path, log: Log | None = None) -> Tensor:
     """Read an ``(N, D)`` array of vectors from a ``.npy`` or ``.csv`` file (float64).
 
-    A ``.csv`` file may start with one header line. Raises ``ValueError`` with the file name
-    and the reason for a missing file, another extension, unparsable text, a shape other than
-    ``(N, D)`` with ``D >= 2``, or non-finite values.
+    A ``.csv`` file may start with one header line. A leading row-index column, as
+    ``pandas.DataFrame.to_csv()`` writes it (header name empty, ``Unnamed: 0`` or ``index``,
+    integer values), is dropped and ``log`` is told; a header-less file whose first column is
+    exactly ``0, 1, ..., N-1`` is refused, since that column is a row number, not a feature.
+
+    Raises ``ValueError`` with the file name and the reason for a missing file, another
+    extension, unparsable text, a shape other than ``(N, D)`` with ``D >= 2``, or non-finite
+    values.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "d.csv"
+        >>> _ = path.write_text(",x0,x1\\n0,0.5,1.5\\n1,2.5,-1.0\\n")
+        >>> load_array(path, log=print).tolist()  # doctest: +ELLIPSIS
+        data file '...d.csv': dropped the first column (header '', values 0..1): a row index ...
+        [[0.5, 1.5], [2.5, -1.0]]
     """
     p = Path(path)
     if not p.is_file():
@@ -172,7 +194,7 @@ def load_array(path: str | Path) -> Tensor:
             raise ValueError(f"data file {str(p)!r} could not be read as .npy: {err}") from None
     elif suffix == ".csv":
         try:
-            arr = _read_csv(p)
+            arr = _read_csv(p, log)
         except (OSError, UnicodeDecodeError) as err:
             raise ValueError(f"data file {str(p)!r} could not be read: {err}") from None
     else:
@@ -197,7 +219,7 @@ def load_array(path: str | Path) -> Tensor:
     return torch.as_tensor(arr, dtype=torch.float64)
 
 
-def _read_csv(p: Path) -> np.ndarray:
+def _read_csv(p: Path, log: Log | None) -> np.ndarray:
     lines = p.read_text().splitlines()
     rows = [line for line in lines if line.strip()]
     if not rows:
@@ -212,18 +234,49 @@ def _read_csv(p: Path) -> np.ndarray:
                 f"{line[:60]!r}"
             ) from None
 
-    start = 0
+    header: list[str] | None = None
     try:
         [float(v) for v in rows[0].split(",")]
     except ValueError:
-        start = 1  # a header line
+        header = [name.strip().strip('"').strip() for name in rows[0].split(",")]
+    start = 0 if header is None else 1
     parsed = [parse(line, i + 1) for i, line in enumerate(rows) if i >= start]
     if not parsed:
         raise ValueError(f"data file {str(p)!r} has a header but no rows")
     widths = {len(r) for r in parsed}
     if len(widths) != 1:
         raise ValueError(f"data file {str(p)!r}: rows have different lengths {sorted(widths)}")
-    return np.asarray(parsed, dtype=np.float64)
+    arr = np.asarray(parsed, dtype=np.float64)
+    return _drop_index_column(arr, header, p, log)
+
+
+def _drop_index_column(
+    arr: np.ndarray, header: list[str] | None, p: Path, log: Log | None
+) -> np.ndarray:
+    """Drop a leading row index (see :func:`load_array`): training on it would fit a density
+    to the row numbers."""
+    if arr.shape[1] < 2:
+        return arr  # the shape check reports it
+    first = arr[:, 0]
+    integers = bool(np.all(first == np.round(first)))
+    counting = bool(np.array_equal(first, np.arange(len(first))))
+    if header is None:
+        if counting and len(first) > 2:
+            raise ValueError(
+                f"data file {str(p)!r}: the first column is the row number 0..{len(first) - 1}, "
+                "a row index rather than a feature; remove it, or give it a header line naming "
+                "it 'index' (pandas: DataFrame.to_csv(index=False) writes no index)"
+            )
+        return arr
+    if header[0].lower() in INDEX_HEADERS and integers:
+        if log is not None:
+            values = f"0..{len(first) - 1}" if counting else "integers"
+            log(
+                f"data file {str(p)!r}: dropped the first column (header {header[0]!r}, values "
+                f"{values}): a row index as pandas writes it, not a feature"
+            )
+        return arr[:, 1:]
+    return arr
 
 
 def split_and_standardize(
@@ -267,26 +320,35 @@ def split_and_standardize(
 def load_dataset(
     name: str,
     *,
-    n_samples: int = 50_000,
+    n_samples: int | None = None,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    log: Log | None = None,
 ) -> DataSplits:
     """A built-in toy data set (``n_samples`` draws) or a ``.npy``/``.csv`` file, split.
 
     Args:
         name: a key of :data:`TOY_DATASETS` or a path ending in ``.npy`` / ``.csv``.
-        n_samples: number of toy samples (ignored for files).
+        n_samples: number of toy samples (default :data:`DEFAULT_N_SAMPLES`); a file uses all
+            its rows, so giving ``n_samples`` with a file is a ``ValueError``.
         val_fraction: fraction of rows for validation.
         test_fraction: fraction of rows for the test set.
         seed: seeds the toy sampler and the split.
+        log: told what was changed while reading a file (a dropped row index).
     """
     if name in TOY_DATASETS:
+        n_samples = DEFAULT_N_SAMPLES if n_samples is None else n_samples
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 10:
             raise ValueError(f"n_samples must be an int >= 10, got {n_samples!r}")
         data = TOY_DATASETS[name](n_samples, torch.Generator().manual_seed(seed))
     elif Path(name).suffix.lower() in (".npy", ".csv"):
-        data = load_array(name)
+        if n_samples is not None:
+            raise ValueError(
+                f"n_samples applies to the built-in data sets, not to the file {name!r} "
+                f"(all its rows are used), got n_samples={n_samples!r}"
+            )
+        data = load_array(name, log)
     else:
         raise ValueError(
             f"unknown dataset {name!r}: expected one of {', '.join(TOY_DATASETS)} "

@@ -19,10 +19,13 @@ from implicit_transforms.cli.models import blocks_of
 from implicit_transforms.cli.session import Session
 from implicit_transforms.lipschitz import LipschitzNet, certify
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear
+from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
 
 __all__ = [
     "SolveLog",
+    "evaluation_logdets",
     "evaluation_mode",
+    "is_exact",
     "lipschitz_bound",
     "log_prob",
     "nll_summary",
@@ -79,6 +82,19 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+
+
+def evaluation_logdets(flow: nn.Module, event_numel: int) -> list[LogDetEstimator]:
+    """The log-det estimator of every block of ``flow`` in evaluation mode, for events of
+    ``event_numel`` numbers (blocks default to the exact log-det up to 64 numbers, their
+    training estimator above; the trainer gives large events a 30-term power series)."""
+    with evaluation_mode(flow):
+        return [b.estimator(event_numel) for b in blocks_of(flow)]
+
+
+def is_exact(estimators: list[LogDetEstimator]) -> bool:
+    """Whether every estimator computes the exact log-det (true for none: couplings only)."""
+    return all(isinstance(e, ExactLogDet) for e in estimators)
 
 
 def _batched(x: Tensor, batch_size: int, fn: Callable[[Tensor], Tensor]) -> Tensor:
@@ -189,16 +205,15 @@ def lipschitz_bound(model: nn.Module) -> float | None:
     return max(bounds) if bounds else None
 
 
-def nll_summary(logp: Tensor, features: int) -> dict[str, float]:
+def nll_summary(logp: Tensor, features: int) -> dict[str, float | None]:
     """Mean negative log-likelihood in nats and bits per sample, bits per dimension, and the
-    standard error of the mean in bits."""
+    standard error of the mean in bits (``None`` for a single sample, which has none)."""
     nll = -logp.double()
     n = nll.numel()
-    se = float(nll.std() / math.sqrt(n)) if n > 1 else float("nan")
     mean = float(nll.mean())
     return {
         "nll_nats": mean,
         "nll_bits": mean / math.log(2),
         "nll_bits_per_dim": mean / math.log(2) / features,
-        "nll_bits_stderr": se / math.log(2),
+        "nll_bits_stderr": float(nll.std() / math.sqrt(n)) / math.log(2) if n > 1 else None,
     }

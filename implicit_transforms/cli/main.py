@@ -28,15 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM
 from implicit_transforms.cli.config import TrainConfig, add_config_arguments, config_from_args
 from implicit_transforms.cli.data import TOY_DATASETS
 from implicit_transforms.cli.distributed import World, setup, teardown
 from implicit_transforms.cli.evaluation import SolveLog, sample
 from implicit_transforms.cli.figures import save_image_grid
 from implicit_transforms.cli.report import load_weights, write_report
-from implicit_transforms.cli.rundir import RunDir
+from implicit_transforms.cli.rundir import RunDir, json_text
 from implicit_transforms.cli.session import Session
-from implicit_transforms.cli.training import TrainingStopped, train
+from implicit_transforms.cli.training import TrainingStopped, checkpoint_step, train
 from implicit_transforms.errors import ConvergenceError
 from implicit_transforms.images.data import IMAGE_DATASETS
 
@@ -70,8 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument(
         "--run-dir", type=Path, help="output directory (default: runs/<data>-<model>-<time>)"
     )
-    p_train.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                         help="continue a run from its checkpoint.pt (only --steps, --device may change)")  # fmt: skip
+    p_train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its checkpoint.pt up to --steps in total (default: the run's "
+        "own --steps); --steps must exceed the steps already done, so `--steps 30` on a run at "
+        "step 10 trains 20 more; only --steps and --device may be given",
+    )
     p_train.add_argument("--overwrite", action="store_true", help="reuse an existing --run-dir")
     add_config_arguments(p_train)
     _common(p_train)
@@ -161,21 +168,43 @@ def _train(args: argparse.Namespace) -> int:
                 f"got {' '.join(extra)}"
             )
         stored = TrainConfig.load(run.config)
+        done = checkpoint_step(run.checkpoint)
+        _check_resume_steps(run, stored.steps, args.steps, done)
+        if args.steps is not None and stored.warmup is not None and stored.warmup > args.steps:
+            raise _UsageError(
+                f"run {str(run.root)!r} warms up for {stored.warmup} steps (its --warmup), longer "
+                f"than --steps {args.steps}; resume with --steps >= {stored.warmup}"
+            )
         cfg = dataclasses.replace(
             stored, steps=args.steps if args.steps is not None else stored.steps
         )
     else:
-        cfg = config_from_args(args)
+        cfg, done = config_from_args(args), 0
     cfg = cfg.resolved()
     world = setup(args.device or cfg.device)
     try:
-        return _train_in(args, cfg, world, None if args.resume is None else run)
+        return _train_in(args, cfg, world, None if args.resume is None else run, done)
     finally:
         teardown(world)
 
 
+def _check_resume_steps(run: RunDir, stored: int, asked: int | None, done: int) -> None:
+    """``--steps`` is the total to reach: a resume must have steps left to train."""
+    if asked is None and stored <= done:
+        raise _UsageError(
+            f"run {str(run.root)!r} has done all its {stored} steps; pass --steps N with "
+            f"N > {done} (the total, counting the steps done) to train further"
+        )
+    if asked is not None and asked <= done:
+        raise _UsageError(
+            f"--steps is the total number of steps and run {str(run.root)!r} is already at step "
+            f"{done}, so --steps {asked} leaves nothing to train; pass --steps N with N > {done} "
+            f"(--steps {done + asked} trains {asked} more)"
+        )
+
+
 def _train_in(
-    args: argparse.Namespace, cfg: TrainConfig, world: World, resumed: RunDir | None
+    args: argparse.Namespace, cfg: TrainConfig, world: World, resumed: RunDir | None, done: int
 ) -> int:
     if resumed is None:
         # One name for every process (the default contains the time): rank 0's.
@@ -194,11 +223,16 @@ def _train_in(
         run = resumed
     session = Session.create(cfg, device=args.device, world=world)
     if world.main:
-        run.config.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+        run.config.write_text(json_text(cfg.to_json()))
         procs = f" in {world.size} processes" if world.distributed else ""
+        span = (
+            f"from step {done} to {cfg.steps} ({cfg.steps - done} more steps)"
+            if done
+            else f"for {cfg.steps} steps"
+        )
         print(
             f"training {_describe_model(session)}, {session.num_parameters} parameters, on "
-            f"{_describe_data(session)} for {cfg.steps} steps on {session.device}{procs}; run "
+            f"{_describe_data(session)} {span} on {session.device}{procs}; run "
             f"directory: {run.root}"
         )
     summary = train(session, run, resume=resumed is not None, progress=args.progress)
@@ -247,7 +281,12 @@ def _default_name(cfg: TrainConfig) -> str:
 def _load_run(args: argparse.Namespace) -> tuple[Session, RunDir, dict[str, Any]]:
     run = RunDir(args.run_dir)
     run.require(run.config)
-    cfg = TrainConfig.load(run.config).resolved()
+    stored = TrainConfig.load(run.config)
+    if stored.warmup is not None and stored.warmup > stored.steps:
+        # Written before a warm-up longer than the run was refused; evaluating and sampling do
+        # not depend on the schedule.
+        stored = dataclasses.replace(stored, warmup=stored.steps)
+    cfg = stored.resolved()
     session = Session.create(cfg, device=args.device)
     info = load_weights(session, run, args.checkpoint)
     return session, run, info
@@ -314,13 +353,22 @@ def _print_summary(report: dict[str, Any], run: RunDir) -> None:
     t = report["test"]
     if "bits_per_dim" in t:
         print(
-            f"test: {t['bits_per_dim']:.4f} ± {t['bits_per_dim_stderr']:.4f} bits/dim "
-            f"({report['levels']} grey levels, {report['n_test']} images, {t['logdet']} log-det)"
+            f"test: {_num(t['bits_per_dim'], '.4f')} ± {_num(t['bits_per_dim_stderr'], '.4f')} "
+            f"bits/dim ({report['levels']} grey levels, {report['n_test']} images, {t['logdet']} "
+            "log-det)"
         )
     else:
         entropy = report.get("data_entropy_bits")
         ref = f" (data entropy {entropy:.2f} bits)" if entropy is not None else ""
-        print(f"test NLL: {t['nll_bits']:.3f} bits = {t['nll_nats']:.3f} nats per sample{ref}")
+        print(
+            f"test NLL: {_num(t['nll_bits'], '.3f')} bits = {_num(t['nll_nats'], '.3f')} nats "
+            f"per sample{ref}"
+        )
+        if not t["nll_exact"]:
+            print(
+                f"note: the test NLL is not exact, its log-det is a {t['logdet']} (exact up to "
+                f"D = {EXACT_LOGDET_MAX_DIM}; train with --logdet exact for an exact one)"
+            )
     rec, its = report["reconstruction_error"], report["solver_iterations"]
     print(
         f"inverse reconstruction error: max {rec['max']:.2e}; mean solver iterations per block: "
@@ -330,6 +378,10 @@ def _print_summary(report: dict[str, Any], run: RunDir) -> None:
     print(f"report: {run.report}")
     if report.get("figure"):
         print(f"figure: {report['figure']}")
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
 
 
 def _fmt3(v: float | None) -> str:

@@ -129,7 +129,9 @@ def build_flow(
             layers.append(_rq_coupling(cfg, features, even=i % 4 == 0))
             continue
         logdet_eval = None
-        if features > EXACT_LOGDET_MAX_DIM:  # a high-precision estimate for evaluation
+        # A high-precision estimate for evaluating large events, unless the exact log-det was
+        # asked for (the blocks then use it in evaluation too).
+        if features > EXACT_LOGDET_MAX_DIM and cfg.logdet != "exact":
             logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
         if (
             cfg.model is None

@@ -3,7 +3,6 @@ work, certified Lipschitz bound, the figure."""
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
@@ -17,6 +16,8 @@ from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM
 from implicit_transforms.cli.data import KNOWN_ENTROPY_BITS
 from implicit_transforms.cli.evaluation import (
     SolveLog,
+    evaluation_logdets,
+    is_exact,
     lipschitz_bound,
     log_prob,
     nll_summary,
@@ -26,7 +27,7 @@ from implicit_transforms.cli.evaluation import (
     split_nll,
 )
 from implicit_transforms.cli.figures import plot_density_figure, plot_image_figure
-from implicit_transforms.cli.rundir import RunDir
+from implicit_transforms.cli.rundir import RunDir, json_ready, json_text
 from implicit_transforms.cli.session import Session
 from implicit_transforms.cli.training import flow_input
 from implicit_transforms.images import summarize_bits
@@ -90,6 +91,9 @@ def write_image_report(
     samples = sample(flow, 64, dims, cfg.eval_batch_size, gen, inv)
     shapes = level_shapes(images.shape, cfg.scales)
     largest = max(math.prod(s) for s in shapes)
+    # Blocks on events of at most 64 numbers use the exact log-det in evaluation, larger ones
+    # their training estimator.
+    exact = largest <= EXACT_LOGDET_MAX_DIM or cfg.logdet == "exact"
     report: dict[str, Any] = {
         "dataset": cfg.dataset,
         "model": cfg.model,
@@ -107,7 +111,8 @@ def write_image_report(
             "nll_nats": float(nll.mean()),
             "convention": f"-(log p(x) - log q(u|k) - D log {images.levels}) / (D ln 2) per "
             f"image, D = {dims}, {cfg.dequantization} dequantisation, one draw per image",
-            "logdet": "exact" if largest <= EXACT_LOGDET_MAX_DIM else "unbiased roulette estimate",
+            "nll_exact": exact,
+            "logdet": "exact" if exact else f"stochastic {cfg.logdet}",
         },
         "reconstruction_error": {"max": float(recon.max()), "mean": float(recon.mean()), "n": m},
         "solver_iterations": {
@@ -134,7 +139,8 @@ def write_image_report(
         report["figure"] = None
         log(f"note: no figure written ({err})")
     report["eval_time_s"] = time.perf_counter() - t0
-    run.report.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    report = json_ready(report)
+    run.report.write_text(json_text(report))
     return report
 
 
@@ -151,6 +157,11 @@ def write_report(
     The spectral norms are refined to 1e-6 first, and the certified Lipschitz bound of every
     network is checked (``lipschitz_bound`` in the report; below 1 means invertible). Image
     sessions get :func:`write_image_report`.
+
+    ``test.nll_exact`` says whether the test NLL used the exact log-det: the blocks estimate
+    it (a 30-term power series, see :func:`~implicit_transforms.cli.models.build_flow`) for
+    ``D > 64`` unless ``--logdet exact``; ``test.logdet`` names the estimator. Numbers that
+    are not finite or do not exist (the standard error of one test row) are ``null``.
     """
     if session.is_image:
         return write_image_report(session, run, extra=extra, log=log)
@@ -162,6 +173,17 @@ def write_report(
     fwd, inv = SolveLog(), SolveLog()
     test = session.to_model(splits.test)
     logp = log_prob(flow, test, cfg.eval_batch_size, fwd)
+    estimators = evaluation_logdets(flow, splits.features)
+    exact = is_exact(estimators)
+    inexact = sorted({repr(e) for e in estimators if not is_exact([e])})
+    test_summary: dict[str, Any] = {
+        **nll_summary(logp, splits.features),
+        "nll_exact": exact,
+        "logdet": "exact"
+        if exact
+        else f"stochastic estimate for D = {splits.features} > {EXACT_LOGDET_MAX_DIM}: "
+        + ", ".join(inexact),
+    }
     recon = reconstruction_error(flow, test, cfg.eval_batch_size, SolveLog(), inv)
     gen = torch.Generator(device=session.device).manual_seed(cfg.seed + 1)
     samples = sample(flow, cfg.figure_samples, splits.features, cfg.eval_batch_size, gen, inv)
@@ -173,7 +195,7 @@ def write_report(
         "n_train": int(splits.train.shape[0]),
         "n_validation": int(splits.validation.shape[0]),
         "n_test": int(splits.test.shape[0]),
-        "test": nll_summary(logp, splits.features),
+        "test": test_summary,
         "data_entropy_bits": KNOWN_ENTROPY_BITS.get(cfg.dataset),
         "reconstruction_error": {"max": float(recon.max()), "mean": float(recon.mean())},
         "solver_iterations": {
@@ -202,14 +224,6 @@ def write_report(
         report["figure"] = None
         log(f"note: no figure written ({err})")
     report["eval_time_s"] = time.perf_counter() - t0
-    run.report.write_text(json.dumps(_clean(report), indent=2) + "\n")
+    report = json_ready(report)
+    run.report.write_text(json_text(report))
     return report
-
-
-def _clean(obj: Any) -> Any:
-    """JSON has no inf/nan: write them as strings."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["RunDir"]
+__all__ = ["RunDir", "json_line", "json_ready", "json_text"]
+
+
+def json_ready(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (nested in dicts, lists and tuples) replaced by
+    ``None``: JSON has no such numbers, and a string in their place would break readers that
+    expect a number or ``null``.
+
+    Example:
+        >>> json_ready({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"})
+        {'a': None, 'b': [1.0, None], 'c': 'x'}
+    """
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """Indented strict JSON of :func:`json_ready` ``(obj)`` with a final newline (a file)."""
+    return json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n"
+
+
+def json_line(obj: Any) -> str:
+    """One line of strict JSON of :func:`json_ready` ``(obj)`` with a newline (``.jsonl``)."""
+    return json.dumps(json_ready(obj), allow_nan=False) + "\n"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -76,9 +77,14 @@ class Session:
 
     @classmethod
     def create(
-        cls, cfg: TrainConfig, device: str | None = None, world: World | None = None
+        cls,
+        cfg: TrainConfig,
+        device: str | None = None,
+        world: World | None = None,
+        log: Callable[[str], None] = print,
     ) -> Session:
-        """Load the data and build the flow; ``device`` overrides ``cfg.device``."""
+        """Load the data and build the flow; ``device`` overrides ``cfg.device``; ``log``
+        (on the main process only) hears what was changed while reading a data file."""
         cfg = cfg.resolved()
         world = world or World()
         dev = select_device(device or cfg.device, world)
@@ -106,6 +112,7 @@ class Session:
                 val_fraction=cfg.val_fraction,
                 test_fraction=cfg.test_fraction,
                 seed=cfg.data_seed,
+                log=log if world.main else None,
             )
             flow = build_flow(cfg, splits.mean, splits.std, generator)
             model = DensityModel(flow)

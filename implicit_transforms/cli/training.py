@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from implicit_transforms.cli.distributed import check_in_sync
 from implicit_transforms.cli.evaluation import SolveLog, refine_spectral_norms, split_nll
-from implicit_transforms.cli.rundir import RunDir
+from implicit_transforms.cli.rundir import RunDir, json_line
 from implicit_transforms.cli.session import Session
 from implicit_transforms.errors import ConvergenceError
 from implicit_transforms.images import dequantize
@@ -33,6 +33,7 @@ __all__ = [
     "EMA",
     "TrainingStopped",
     "batch_indices",
+    "checkpoint_step",
     "flow_input",
     "lr_factor",
     "noise_seed",
@@ -169,6 +170,14 @@ def validate(session: Session, ema: EMA | None) -> float:
     return float(nll.mean())
 
 
+def checkpoint_step(path: Path) -> int:
+    """The number of optimisation steps done by the run whose ``checkpoint.pt`` is ``path``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of this trainer (format {CHECKPOINT_FORMAT})")
+    return int(ckpt["step"])
+
+
 def _save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -261,11 +270,12 @@ def train(
             f"{world.size} processes"
         )
     train_data = data.to(session.device)
-    if cfg.lr is None:
+    if cfg.lr is None or cfg.warmup is None:
         raise ValueError("training needs a resolved config: pass cfg.resolved()")
+    warmup = cfg.warmup
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, warmup=cfg.warmup, total=cfg.steps, schedule=cfg.schedule)
+        opt, lambda s: lr_factor(s, warmup=warmup, total=cfg.steps, schedule=cfg.schedule)
     )
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     state: dict[str, Any] = {"step": 0, "best_step": None, "best_val_nll": math.inf, "wall": 0.0}
@@ -311,6 +321,12 @@ def train(
             model.dequantizer.load_state_dict(ckpt["dequantizer"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        # The stored learning rate followed the schedule of the stored --steps; a resume to a
+        # new total goes on along the new total's schedule (the same numbers when unchanged).
+        for group, base in zip(opt.param_groups, sched.base_lrs, strict=True):
+            group["lr"] = base * lr_factor(
+                ckpt["step"], warmup=warmup, total=cfg.steps, schedule=cfg.schedule
+            )
         if ema is not None and ckpt["ema"] is not None:
             ema.load_state_dict(ckpt["ema"])
         torch.set_rng_state(ckpt["torch_rng"])
@@ -385,7 +401,7 @@ def train(
             if session.is_image:
                 row["bits_per_dim"] = loss_value * scale
             if metrics is not None:
-                metrics.write(json.dumps(row) + "\n")
+                metrics.write(json_line(row))
             if done % cfg.eval_every == 0 or done == cfg.steps:
                 check_in_sync(world, model)
                 val_nll = validate(session, ema)
@@ -401,7 +417,7 @@ def train(
                                "best": improved}  # fmt: skip
                     if session.is_image:
                         val_row["val_bits_per_dim"] = val_bits
-                    metrics.write(json.dumps(val_row) + "\n")
+                    metrics.write(json_line(val_row))
                     metrics.flush()
                 state["step"], state["wall"] = done, time.perf_counter() - t_start
                 checkpoint()
