@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from implicit_transforms.data import REAL_DATASETS, load_real_dataset
+
 __all__ = [
     "KNOWN_ENTROPY_BITS",
     "TOY_DATASETS",
@@ -271,16 +273,26 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    data_root: str | Path | None = None,
 ) -> DataSplits:
-    """A built-in toy data set (``n_samples`` draws) or a ``.npy``/``.csv`` file, split.
+    """A built-in toy data set (``n_samples`` draws), a real data set or a ``.npy``/``.csv``
+    file, split.
 
     Args:
-        name: a key of :data:`TOY_DATASETS` or a path ending in ``.npy`` / ``.csv``.
-        n_samples: number of toy samples (ignored for files).
-        val_fraction: fraction of rows for validation.
-        test_fraction: fraction of rows for the test set.
-        seed: seeds the toy sampler and the split.
+        name: a key of :data:`TOY_DATASETS`, one of
+            :data:`implicit_transforms.data.REAL_DATASETS` or a path ending in ``.npy`` /
+            ``.csv``.
+        n_samples: number of toy samples (ignored for files and real data sets).
+        val_fraction: fraction of rows for validation (ignored by real data sets: they keep
+            their documented split).
+        test_fraction: fraction of rows for the test set (likewise).
+        seed: seeds the toy sampler and the split (and the bundled real data sets' split).
+        data_root: the directory of the MAF files (real data sets only).
     """
+    if name in REAL_DATASETS:
+        real = load_real_dataset(name, data_root=data_root, seed=seed)
+        train, val, test = (torch.as_tensor(a) for a in (real.train, real.validation, real.test))
+        return DataSplits(name, train, val, test, train.mean(0), train.std(0))
     if name in TOY_DATASETS:
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 10:
             raise ValueError(f"n_samples must be an int >= 10, got {n_samples!r}")

@@ -106,6 +106,7 @@ class Session:
                 val_fraction=cfg.val_fraction,
                 test_fraction=cfg.test_fraction,
                 seed=cfg.data_seed,
+                data_root=cfg.data_root,
             )
             flow = build_flow(cfg, splits.mean, splits.std, generator)
             model = DensityModel(flow)
