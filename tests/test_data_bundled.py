@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from implicit_transforms.data import load_mnist5k, load_mnist5k_images, load_patches
 from implicit_transforms.data.bundled import (
@@ -31,7 +32,7 @@ def test_patch_images_are_grey_8_bit_photographs() -> None:
 def test_block_split_is_a_disjoint_cover() -> None:
     rng = np.random.default_rng(0)
     train, val, test = split_blocks((100, 130), (0.8, 0.1, 0.1), rng)  # 3 x 4 blocks
-    assert (len(train), len(val), len(test)) == (10, 1, 1)
+    assert (len(train), len(val), len(test)) == (10, 1, 1) and BLOCK == 32
     corners = {tuple(c) for part in (train, val, test) for c in part}
     assert len(corners) == 12 and corners == {(r, c) for r in (0, 32, 64) for c in (0, 32, 64, 96)}
 
@@ -99,10 +100,6 @@ def test_patches_bad_arguments(kwargs: dict[str, object], message: str) -> None:
         load_patches(**kwargs)  # type: ignore[arg-type]
 
 
-def test_block_is_at_least_a_patch() -> None:
-    assert BLOCK >= 8
-
-
 # -- mnist5k --------------------------------------------------------------------------------
 
 
@@ -111,7 +108,7 @@ def test_mnist5k_images_split() -> None:
     data = load_mnist5k_images()
     assert data.shape == (1, 28, 28) and data.levels == 256 and data.num_classes == 10
     assert (len(data.train), len(data.validation), len(data.test)) == (4000, 500, 500)
-    assert data.train.dtype.is_floating_point is False and int(data.train.max()) == 255
+    assert data.train.dtype == torch.uint8 and int(data.train.max()) == 255
     counts = sum(np.bincount(lab.numpy(), minlength=10) for lab in
                  (data.train_labels, data.validation_labels, data.test_labels))  # fmt: skip
     np.testing.assert_array_equal(counts, 500)  # every image once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,15 @@ def test_missing_file_says_which_file_goes_where(name: str, tmp_path: Path) -> N
 
 def test_published_dimensions() -> None:
     assert MAF_DIMENSIONS == {"power": 6, "gas": 8, "hepmass": 21, "miniboone": 43, "bsds300": 63}
+
+
+def test_optional_readers_name_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_gas(tmp_path)
+    (tmp_path / "BSDS300").mkdir()
+    (tmp_path / "BSDS300" / "BSDS300.hdf5").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match=r"pandas: pip install 'implicit-transforms\[realdata\]'"):
+        load_gas(tmp_path)
+    with pytest.raises(ImportError, match=r"h5py: pip install 'implicit-transforms\[realdata\]'"):
+        load_bsds300(tmp_path)
