@@ -158,20 +158,27 @@ def _hepmass_rows(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.column_stack([label, feats, mass])
 
 
-def write_hepmass(root: Path, n_train: int = 600, n_test: int = 300) -> list[np.ndarray]:
+def write_hepmass(
+    root: Path, n_train: int = 600, n_test: int = 300, end: str = ""
+) -> list[np.ndarray]:
+    """The two csv files with the UCI header; ``end`` is appended to every data row of the
+    test file (``","``: a malformed row end, which ``read_csv(index_col=False)`` tolerates)."""
     rng = np.random.default_rng(3)
     (root / "hepmass").mkdir(parents=True)
     arrays = []
     for name, n in (("1000_train.csv", n_train), ("1000_test.csv", n_test)):
         rows = _hepmass_rows(n, rng)
-        lines = [",".join(HEPMASS_HEADER)] + [",".join(repr(float(v)) for v in r) for r in rows]
+        tail = end if name == "1000_test.csv" else ""
+        lines = [",".join(HEPMASS_HEADER)]
+        lines += [",".join(repr(float(v)) for v in r) + tail for r in rows]
         (root / "hepmass" / name).write_text("\n".join(lines) + "\n")
         arrays.append(rows)
     return arrays
 
 
-def test_hepmass_signal_rows_and_the_reference_feature_filter(tmp_path: Path) -> None:
-    train_rows, test_rows = write_hepmass(tmp_path)
+@pytest.mark.parametrize("end", ["", ","], ids=["plain", "trailing-comma"])
+def test_hepmass_signal_rows_and_the_reference_feature_filter(tmp_path: Path, end: str) -> None:
+    train_rows, test_rows = write_hepmass(tmp_path, end=end)
     s = load_hepmass(tmp_path)
     assert s.features == 21
     signal_train = train_rows[train_rows[:, 0] == 1][:, 1:]
