@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from implicit_transforms.cli.data import DEFAULT_N_SAMPLES, TOY_DATASETS
+from implicit_transforms.data import MAF_DATASETS, REAL_DATASETS
 from implicit_transforms.images.data import IMAGE_DATASETS
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
@@ -86,8 +87,9 @@ class TrainConfig:
     # data
     dataset: str = _f(
         "checkerboard",
-        "built-in data set (2-D toy densities; images: digits, mnist, fashion-mnist, cifar10) or "
-        "a .npy/.csv file of vectors (N, D)",
+        "built-in data set (2-D toy densities; images: digits, mnist, fashion-mnist, cifar10; "
+        "real vectors: power, gas, hepmass, miniboone, bsds300 (MAF files under --data-root), "
+        "patches, mnist5k) or a .npy/.csv file of vectors (N, D)",
     )
     n_samples: int | None = _f(
         None,
@@ -99,7 +101,9 @@ class TrainConfig:
     test_fraction: float = _f(0.1, "fraction of the data held out for the final test")
     data_seed: int = _f(0, "seed of the data sampler and of the train/validation/test split")
     data_root: str | None = _f(
-        None, "images: directory with the torchvision files of mnist, fashion-mnist, cifar10"
+        None,
+        "directory with the torchvision files of mnist, fashion-mnist, cifar10, or the MAF files "
+        "of power, gas, hepmass, miniboone, bsds300",
     )
     # model
     model: str | None = _f(
@@ -288,7 +292,7 @@ class TrainConfig:
                     )
             if self.compile:
                 raise ValueError("--compile does not apply to --model rq-coupling")
-        known = (*TOY_DATASETS, *IMAGE_DATASETS)
+        known = (*TOY_DATASETS, *IMAGE_DATASETS, *REAL_DATASETS)
         if self.dataset not in known and Path(self.dataset).suffix.lower() not in (".npy", ".csv"):
             raise ValueError(
                 f"--dataset: unknown dataset {self.dataset!r}: expected one of "
@@ -304,6 +308,8 @@ class TrainConfig:
             self._validate_image()
         else:
             for name in IMAGE_ONLY:
+                if name == "data_root" and self.dataset in MAF_DATASETS:
+                    continue  # the MAF tabular sets are read from the data root too
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"--{_flag(name)} applies to image data sets ({', '.join(IMAGE_DATASETS)}), "

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from implicit_transforms.data import REAL_DATASETS, load_real_dataset
+
 __all__ = [
     "DEFAULT_N_SAMPLES",
     "KNOWN_ENTROPY_BITS",
@@ -325,18 +327,33 @@ def load_dataset(
     test_fraction: float = 0.1,
     seed: int = 0,
     log: Log | None = None,
+    data_root: str | Path | None = None,
 ) -> DataSplits:
-    """A built-in toy data set (``n_samples`` draws) or a ``.npy``/``.csv`` file, split.
+    """A built-in toy data set (``n_samples`` draws), a real data set or a ``.npy``/``.csv``
+    file, split.
 
     Args:
-        name: a key of :data:`TOY_DATASETS` or a path ending in ``.npy`` / ``.csv``.
-        n_samples: number of toy samples (default :data:`DEFAULT_N_SAMPLES`); a file uses all
-            its rows, so giving ``n_samples`` with a file is a ``ValueError``.
-        val_fraction: fraction of rows for validation.
-        test_fraction: fraction of rows for the test set.
-        seed: seeds the toy sampler and the split.
+        name: a key of :data:`TOY_DATASETS`, one of
+            :data:`implicit_transforms.data.REAL_DATASETS` or a path ending in ``.npy`` /
+            ``.csv``.
+        n_samples: number of toy samples (default :data:`DEFAULT_N_SAMPLES`); files and real
+            data sets use all their rows, so giving ``n_samples`` with them is a ``ValueError``.
+        val_fraction: fraction of rows for validation (ignored by real data sets: they keep
+            their documented split).
+        test_fraction: fraction of rows for the test set (likewise).
+        seed: seeds the toy sampler and the split (and the bundled real data sets' split).
         log: told what was changed while reading a file (a dropped row index).
+        data_root: the directory of the MAF files (real data sets only).
     """
+    if name in REAL_DATASETS:
+        if n_samples is not None:
+            raise ValueError(
+                f"n_samples applies to the 2-D toy data sets only; {name!r} has its own "
+                f"documented split, got n_samples={n_samples!r}"
+            )
+        real = load_real_dataset(name, data_root=data_root, seed=seed)
+        train, val, test = (torch.as_tensor(a) for a in (real.train, real.validation, real.test))
+        return DataSplits(name, train, val, test, train.mean(0), train.std(0))
     if name in TOY_DATASETS:
         n_samples = DEFAULT_N_SAMPLES if n_samples is None else n_samples
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 10:

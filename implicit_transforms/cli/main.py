@@ -38,6 +38,7 @@ from implicit_transforms.cli.report import load_weights, write_report
 from implicit_transforms.cli.rundir import RunDir, json_text
 from implicit_transforms.cli.session import Session
 from implicit_transforms.cli.training import TrainingStopped, checkpoint_step, train
+from implicit_transforms.data import REAL_DATASETS
 from implicit_transforms.errors import ConvergenceError
 from implicit_transforms.images.data import IMAGE_DATASETS
 
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Train implicit and residual normalizing flows (ImpFlow, Residual Flows, "
         "i-ResNet) on 2-D toy densities, your own vectors, or images.",
-        epilog=f"Built-in data sets: {', '.join(TOY_DATASETS)}; images: {', '.join(IMAGE_DATASETS)}. "
+        epilog=f"Built-in data sets: {', '.join(TOY_DATASETS)}; images: {', '.join(IMAGE_DATASETS)}; "
+        f"real vectors: {', '.join(REAL_DATASETS)}. "
         f"Run `{PROG} <command> --help` for the options of a command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="command", required=True)

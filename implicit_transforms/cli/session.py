@@ -113,6 +113,7 @@ class Session:
                 test_fraction=cfg.test_fraction,
                 seed=cfg.data_seed,
                 log=log if world.main else None,
+                data_root=cfg.data_root,
             )
             flow = build_flow(cfg, splits.mean, splits.std, generator)
             model = DensityModel(flow)
