@@ -8,8 +8,10 @@ the library (run it once per checkout and compare):
   forward, the exact norm (float64 SVD) of every weight the block applied, over ``coeff``.
   Above 1 the guarantee is broken.
 * ``cost``: CPU time of one training step (forward, log-det, backward, Adam step) of the same
-  block (dense, batch 256) and of a ``LipschitzCNN`` with ``C`` hidden channels and ``C``
-  image channels on 8x8 inputs (batch 16), medians over ``--repeats`` steps, one thread.
+  block (dense, batch 256) and of a ``LipschitzCNN`` on 8x8 inputs (batch 16): 16 image
+  channels and ``C`` hidden ones (the shape of ``image_flow``'s networks: its 3x3
+  convolutions have one small side), and ``C`` of both (every convolution wide), medians over
+  ``--repeats`` steps, one thread.
 
 Run with ``--compare OTHER_CHECKOUT`` to interleave the cost measurement with another
 checkout of the library in subprocesses (A, B, A, B, ...) and print the ratios.
@@ -35,7 +37,8 @@ from implicit_transforms.blocks import resflow_block
 from implicit_transforms.lipschitz import LipschitzCNN
 
 WIDTHS = [128, 256, 384, 512, 1024]
-CHANNELS = [64, 128, 256, 512]
+CHANNELS = [64, 128, 256, 512]  # hidden channels of a LipschitzCNN on 16 image channels
+WIDE_CHANNELS = [96, 128, 256]  # image and hidden channels both this wide (3x3 convs certified)
 OPTIMIZERS = {
     "adam-1e-3": lambda p: torch.optim.Adam(p, lr=1e-3),
     "adam-3e-3": lambda p: torch.optim.Adam(p, lr=3e-3),
@@ -96,11 +99,11 @@ def cost_dense(width: int, repeats: int) -> float:
     return _step_time(step, repeats)
 
 
-def cost_conv(channels: int, repeats: int) -> float:
+def cost_conv(image_channels: int, hidden: int, repeats: int) -> float:
     torch.manual_seed(0)
-    net = LipschitzCNN(channels, channels, coeff=0.97)
+    net = LipschitzCNN(image_channels, hidden, coeff=0.97)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.randn(16, channels, 8, 8)
+    x = torch.randn(16, image_channels, 8, 8)
 
     def step() -> None:
         loss = net(x).pow(2).mean()
@@ -113,7 +116,8 @@ def cost_conv(channels: int, repeats: int) -> float:
 
 def _costs(repeats: int) -> dict[str, float]:
     out = {f"dense-{w}": cost_dense(w, repeats) for w in WIDTHS}
-    out.update({f"conv-{c}": cost_conv(c, max(3, repeats // 3)) for c in CHANNELS})
+    out.update({f"conv-16x{c}": cost_conv(16, c, repeats) for c in CHANNELS})
+    out.update({f"conv-{c}x{c}": cost_conv(c, c, max(3, repeats // 3)) for c in WIDE_CHANNELS})
     return out
 
 
@@ -131,6 +135,7 @@ def main() -> None:
     if args.smoke:
         WIDTHS[:] = [8, 16]
         CHANNELS[:] = [4]
+        WIDE_CHANNELS[:] = [4]
         args.steps, args.repeats, args.rounds = 2, 1, 1
     result: dict[str, dict[str, float]] = {}
     if args.only in (None, "bounds"):
@@ -156,6 +161,7 @@ def main() -> None:
             here = Path(__file__).resolve()
             python = str(root / ".venv/bin/python") if root else sys.executable
             cmd = [python, str(here), "--only", "cost", "--json", "--repeats", str(args.repeats)]
+            cmd += ["--smoke"] if args.smoke else []
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             runs[name].append(json.loads(out.stdout)["cost"])

@@ -63,23 +63,26 @@ def circular_grid(input_size: tuple[int, int], kernel_size: int) -> tuple[int, i
 
 def circular_spectrum(weight: Tensor, grid: tuple[int, int]) -> Tensor:
     r"""The circular convolution's per-frequency matrices ``K_hat(f) = sum_ab K[:, :, a, b]
-    e^{-2 pi i (f_1 a / N_1 + f_2 b / N_2)}``.
+    e^{-2 pi i (f_1 a / N_1 + f_2 b / N_2)}`` for ``f_2 <= N_2 / 2``.
+
+    A real kernel has ``K_hat(-f) = conj(K_hat(f))``, with the same singular values, so the
+    half spectrum (``rfft2``) holds every singular value of the circular convolution; frequency
+    ``(f_1, f_2)`` is row ``f_1 (N_2 // 2 + 1) + f_2``.
 
     Args:
         weight: kernel ``(C_out, C_in, k, k)``.
         grid: the torus ``(N_1, N_2)``.
 
     Returns:
-        ``(N_1 N_2, C_out, C_in)`` complex matrices; the circular convolution's singular
-        values are theirs.
+        ``(N_1 (N_2 // 2 + 1), C_out, C_in)`` complex matrices.
 
     Example:
         >>> circular_spectrum(torch.ones(2, 3, 1, 1), (1, 1)).shape
         torch.Size([1, 2, 3])
     """
     n1, n2 = grid
-    spec = torch.fft.fft2(weight, s=(n1, n2))
-    return spec.permute(2, 3, 0, 1).reshape(n1 * n2, weight.shape[0], weight.shape[1])
+    spec = torch.fft.rfft2(weight, s=(n1, n2))
+    return spec.permute(2, 3, 0, 1).reshape(n1 * (n2 // 2 + 1), weight.shape[0], weight.shape[1])
 
 
 def gram(mats: Tensor) -> Tensor:

@@ -525,7 +525,7 @@ class SpectralConv2d(_SpectralMixin):
             v = spec[best].mH @ u
         u = u / torch.linalg.vector_norm(u).clamp_min(torch.finfo(w.dtype).tiny)
         v = v / torch.linalg.vector_norm(v).clamp_min(torch.finfo(w.dtype).tiny)
-        f1, f2 = divmod(best, n2)
+        f1, f2 = divmod(best, n2 // 2 + 1)  # the half spectrum's layout
         k = self.kernel_size
         a = torch.arange(k, dtype=w.dtype, device=w.device)
         angle = -2 * math.pi * (f1 * a[:, None] / n1 + f2 * a[None, :] / n2)
