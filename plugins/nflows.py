@@ -32,6 +32,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.blocks.options import training_logdet_doc
 from implicit_transforms.solvers import SolverResult
 
 __all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
@@ -116,18 +117,26 @@ _ARGS = """
 class ResFlowTransform(_FamilyTransform):
     __doc__ = (
         "Residual Flow block (sine networks, unbiased roulette log-det, Neumann gradient, "
-        "fixed-point inverse)." + _ARGS
+        "fixed-point inverse)." + training_logdet_doc("resflow") + _ARGS
     )
     _family = "resflow"
 
 
 class IResNetTransform(_FamilyTransform):
-    __doc__ = "i-ResNet block (ELU, truncated power series, fixed-point inverse)." + _ARGS
+    __doc__ = (
+        "i-ResNet block (ELU, truncated power series, fixed-point inverse)."
+        + training_logdet_doc("iresnet")
+        + _ARGS
+    )
     _family = "iresnet"
 
 
 class ImpFlowTransform(_FamilyTransform):
-    __doc__ = "ImpFlow block (two sine networks, Broyden both ways, roulette log-det)." + _ARGS
+    __doc__ = (
+        "ImpFlow block (two sine networks, Broyden both ways, roulette log-det)."
+        + training_logdet_doc("impflow")
+        + _ARGS
+    )
     _family = "impflow"
 
 

@@ -24,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -43,8 +44,10 @@ from torch import Tensor, nn
 
 from implicit_transforms.blocks import BlockOptions, build_block, make_options
 from implicit_transforms.images.preprocess import check_alpha, logit_forward, logit_inverse
+from implicit_transforms.validation import validating_inputs
 
 __all__ = [
+    "CheckedActNorm",
     "FlattenTransform",
     "LevelBuilder",
     "LogitTransform",
@@ -115,6 +118,96 @@ class FlattenTransform(Transform):
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Restore the event shape."""
         return inputs.reshape(inputs.shape[0], *self.shape), inputs.new_zeros(inputs.shape[0])
+
+
+class CheckedActNorm(ActNorm):
+    r"""nflows' ``ActNorm`` whose data-dependent initialisation refuses a batch it cannot use.
+
+    ``y = s * x + b`` per channel (images ``(B, C, H, W)``) or per feature (vectors ``(B, D)``),
+    log-det ``sum(log s)`` per pixel. The first training-mode call sets ``s = 1 / std`` and
+    ``b = -mean / std`` from its batch, so that its outputs have zero mean and unit variance.
+    nflows' own layer initialises from any batch, and a bad one breaks it for good: a constant
+    channel gives ``s = inf``, a NaN gives NaN parameters, and a float64 batch turns float32
+    parameters into float64. This layer raises instead (a ``ValueError`` for a batch with NaN
+    or Inf, a channel of zero variance or fewer than 2 values per channel; a ``TypeError`` for
+    a batch of another dtype than its parameters), names ActNorm and stays uninitialised. An
+    empty batch initialises nothing. Same parameters and buffers as nflows' ``ActNorm``.
+
+    Args:
+        features: channels (images) or features (vectors).
+
+    Example:
+        >>> layer = CheckedActNorm(2)
+        >>> y, _ = layer(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: ActNorm: cannot initialise from this batch: feature(s) [1] have zero variance ...
+    """
+
+    def _initialize(self, inputs: Tensor) -> None:
+        if inputs.dtype != self.log_scale.dtype:
+            raise TypeError(
+                f"ActNorm: cannot initialise from a batch of dtype {inputs.dtype}: its parameters "
+                f"are {self.log_scale.dtype}; nothing was initialised (cast the batch, or move "
+                f"the model with .to({inputs.dtype}))"
+            )
+        image = inputs.dim() == 4
+        rows = inputs.movedim(1, -1).reshape(-1, inputs.shape[1]) if image else inputs
+        if rows.shape[0] == 0:  # nothing to learn from; the next non-empty batch initialises
+            return
+        unit, values = ("channel", "values (samples x H x W)") if image else ("feature", "samples")
+        refuse = "ActNorm: cannot initialise from this batch: "
+        later = (
+            "; nothing was initialised (the first training batch, or the batch given to "
+            "initialize_actnorm, sets each layer's scale to 1 / std per " + unit + ")"
+        )
+        if rows.shape[0] < 2:
+            raise ValueError(
+                f"{refuse}it needs at least 2 {values} per {unit} to estimate a variance, got "
+                f"{rows.shape[0]}{later}"
+            )
+        with torch.no_grad():
+            if not bool(torch.isfinite(rows).all()):
+                raise ValueError(f"{refuse}it contains NaN or Inf{later}")
+            std = rows.std(dim=0)
+            log_scale = -torch.log(std)
+            shift = -(rows / std).mean(dim=0)
+            flat = (std == 0).nonzero().flatten().tolist()
+            if flat:
+                raise ValueError(
+                    f"{refuse}{unit}(s) {flat} have zero variance (a constant {unit}: the scale "
+                    f"1 / std would be infinite){later}"
+                )
+            bad = (~torch.isfinite(log_scale) | ~torch.isfinite(shift)).nonzero().flatten()
+            if len(bad):
+                raise ValueError(
+                    f"{refuse}{unit}(s) {bad.tolist()} have a standard deviation whose scale "
+                    f"1 / std or shift overflows {inputs.dtype}{later}"
+                )
+            self.log_scale.copy_(log_scale)
+            self.shift.copy_(shift)
+            self.initialized.fill_(True)
+
+
+@contextmanager
+def _actnorm_rollback(module: nn.Module) -> Iterator[None]:
+    """If the body raises, put every ``ActNorm`` of ``module`` that was waiting for its
+    data-dependent initialisation back as it was (parameters, their dtype, uninitialised): a
+    call that fails leaves no state behind, e.g. when a later layer refuses the batch."""
+    pending = [
+        (m, m.log_scale.detach().clone(), m.shift.detach().clone())
+        for m in module.modules()
+        if isinstance(m, ActNorm) and m.training and not bool(m.initialized)
+    ]
+    try:
+        yield
+    except BaseException:
+        with torch.no_grad():
+            for m, log_scale, shift in pending:
+                m.log_scale.data = log_scale
+                m.shift.data = shift
+                m.initialized.fill_(False)
+        raise
 
 
 def level_shapes(
@@ -234,7 +327,7 @@ def image_flow(
         steps: list[Transform] = []
         for _ in range(blocks_per_level):
             if actnorm:
-                steps.append(ActNorm(lshape[0]))
+                steps.append(CheckedActNorm(lshape[0]))
             block = build_block(family, lshape, hidden_channels,
                                 context_features=context_features, options=opts)  # fmt: skip
             steps.append(BlockTransform(block))
@@ -261,7 +354,7 @@ def image_flow(
             parts.append(FlattenTransform(lshape))
             for _ in range(fc_blocks):
                 if actnorm:
-                    parts.append(ActNorm(d))
+                    parts.append(CheckedActNorm(d))
                 block = build_block(family, d, list(fc_hidden),
                                     context_features=context_features, options=opts)  # fmt: skip
                 parts.append(BlockTransform(block))
@@ -278,16 +371,24 @@ def image_flow(
         base = ConditionalDiagonalNormal([dims], context_encoder=encoder)
     flow = _ImageFlow(CompositeTransform([LogitTransform(logit_alpha), multiscale]), base)
     flow.image_shape = image_shape
+    flow.context_features = context_features
     return flow
 
 
 class _ImageFlow(Flow):
-    """An nflows ``Flow`` that checks its inputs are images of its shape (one-line errors
-    instead of nflows' internal assertions). Samples come back as images ``(n, C, H, W)``."""
+    """An nflows ``Flow`` that checks its inputs (shape, dtype, NaN/Inf, context) before any
+    layer runs, with one-line errors instead of nflows' internal assertions, and undoes the
+    ActNorm initialisation of a call that fails. Samples come back as images
+    ``(n, C, H, W)``."""
 
     image_shape: tuple[int, int, int]
+    context_features: int | None
 
-    def _check(self, inputs: Tensor) -> None:
+    def _dtype(self) -> torch.dtype | None:
+        param = next(self.parameters(), None)
+        return None if param is None else param.dtype
+
+    def _check(self, inputs: Tensor, context: Tensor | None) -> None:
         if (
             not isinstance(inputs, Tensor)
             or inputs.dim() != 4
@@ -297,17 +398,70 @@ class _ImageFlow(Flow):
             c, h, w = self.image_shape
             raise ValueError(f"image flow: inputs must be images of shape (B, {c}, {h}, {w}), "
                              f"got {got}")  # fmt: skip
+        if inputs.dtype not in (torch.float32, torch.float64):
+            raise TypeError(
+                f"image flow: inputs must be float32 or float64, got {inputs.dtype} (dequantised "
+                "pixels (k + u) / L in [0, 1]; see implicit_transforms.images.dequantize)"
+            )
+        dtype = self._dtype()
+        if dtype is not None and inputs.dtype != dtype:
+            raise TypeError(
+                f"image flow: inputs have dtype {inputs.dtype} but the flow's parameters are "
+                f"{dtype}; cast the inputs (.to({dtype})) or move the flow (.to({inputs.dtype}))"
+            )
+        if validating_inputs() and not bool(torch.isfinite(inputs).all()):
+            raise ValueError("image flow: inputs contain NaN or Inf")
+        self._check_context(context, inputs.shape[0])
+
+    def _check_context(self, context: Tensor | None, batch: int | None) -> None:
+        features = self.context_features
+        if features is None:  # an unconditional flow ignores a context, as nflows' layers do
+            return
+        if context is None:
+            raise ValueError(f"image flow: built with context_features={features}; pass a context")
+        rows = "N" if batch is None else str(batch)
+        if (
+            not isinstance(context, Tensor)
+            or context.dim() != 2
+            or context.shape[1] != features
+            or (batch is not None and context.shape[0] != batch)
+        ):
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"image flow: context must have shape ({rows}, {features}), got {got}")
+        dtype = self._dtype()
+        if context.dtype != dtype:
+            raise TypeError(
+                f"image flow: context has dtype {context.dtype} but the flow's parameters are "
+                f"{dtype}; cast it with .to({dtype})"
+            )
+        if validating_inputs() and not bool(torch.isfinite(context).all()):
+            raise ValueError("image flow: context contains NaN or Inf")
 
     def _log_prob(self, inputs: Tensor, context: Tensor | None) -> Tensor:
-        self._check(inputs)
-        log_prob: Tensor = super()._log_prob(inputs, context)
+        self._check(inputs, context)
+        with _actnorm_rollback(self):
+            log_prob: Tensor = super()._log_prob(inputs, context)
         return log_prob
 
     def transform_to_noise(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Images ``(B, C, H, W)`` to flat noise ``(B, C H W)``."""
-        self._check(inputs)
-        noise: Tensor = super().transform_to_noise(inputs, context)
+        self._check(inputs, context)
+        with _actnorm_rollback(self):
+            noise: Tensor = super().transform_to_noise(inputs, context)
         return noise
+
+    def _sample(self, num_samples: int, context: Tensor | None) -> Tensor:
+        self._check_context(context, None)
+        samples: Tensor = super()._sample(num_samples, context)
+        return samples
+
+    def sample_and_log_prob(
+        self, num_samples: int, context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``num_samples`` images (per context row) and their log-densities, in one pass."""
+        self._check_context(context, None)
+        out: tuple[Tensor, Tensor] = super().sample_and_log_prob(num_samples, context)
+        return out
 
 
 @torch.no_grad()
@@ -317,19 +471,28 @@ def initialize_actnorm(flow: nn.Module, x: Tensor, context: Tensor | None = None
     were initialised.
 
     Doing this on a fixed batch before training makes the initialisation a function of that
-    batch alone (the same on every rank of a distributed run, and for every batch size).
+    batch alone (the same on every rank of a distributed run, and for every batch size). An
+    image flow checks ``x`` and ``context`` first; if anything fails (a bad batch, an ActNorm
+    that refuses it), no ActNorm is left initialised.
     """
     pending = [m for m in flow.modules() if isinstance(m, ActNorm) and not bool(m.initialized)]
     if not pending:
         return 0
+    if isinstance(flow, _ImageFlow):
+        flow._check(x, context)
     was_training = flow.training
     flow.train()
     try:
-        if isinstance(flow, Flow):
-            ctx = None if context is None else flow._embedding_net(context)
-            flow._transform(x, context=ctx)
-        else:
-            flow(x, context)
+        with _actnorm_rollback(flow):
+            _initialization_pass(flow, x, context)
     finally:
         flow.train(was_training)
     return sum(1 for m in pending if bool(m.initialized))
+
+
+def _initialization_pass(flow: nn.Module, x: Tensor, context: Tensor | None) -> None:
+    if isinstance(flow, Flow):
+        ctx = None if context is None else flow._embedding_net(context)
+        flow._transform(x, context=ctx)
+    else:
+        flow(x, context)

@@ -39,6 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import FAMILIES, BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.blocks.options import training_logdet_doc
 
 __all__ = [
     "GUIDE_ACTIVATION",
@@ -284,7 +285,7 @@ def _helper(family: str, cls: type[BlockTransformModule], summary: str) -> Helpe
         return cls(build_block(family, input_dim, hidden, options=options, **changes))
 
     helper.__name__ = helper.__qualname__ = family
-    helper.__doc__ = summary + _HELPER_ARGS
+    helper.__doc__ = summary + training_logdet_doc(family) + _HELPER_ARGS
     return helper
 
 
@@ -307,9 +308,13 @@ def _conditional_helper(
         return cls(block)
 
     helper.__name__ = helper.__qualname__ = f"conditional_{family}"
-    helper.__doc__ = summary + _HELPER_ARGS.replace(
-        "        hidden_dims:",
-        "        context_dim: size of the context ``(*, C)``.\n        hidden_dims:",
+    helper.__doc__ = (
+        summary
+        + training_logdet_doc(family)
+        + _HELPER_ARGS.replace(
+            "        hidden_dims:",
+            "        context_dim: size of the context ``(*, C)``.\n        hidden_dims:",
+        )
     )
     return helper
 

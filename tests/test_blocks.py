@@ -211,8 +211,8 @@ def test_explicit_direction_never_calls_a_solver(name: str) -> None:
 
 
 def test_estimators_are_explicit_settings() -> None:
-    block = _block("resflow-mlp")
-    x = torch.randn(4, 3)
+    block = resflow_block(8, [8])  # above the exact-training threshold, at most 64 elements
+    x = torch.randn(4, 8)
     block.eval()
     assert torch.equal(block.logdet(x), block.logdet(x))  # exact in evaluation
     block.train()

@@ -1,6 +1,10 @@
 """Invertible flow blocks: residual (i-ResNet, Residual Flow) and implicit (ImpFlow)."""
 
-from implicit_transforms.blocks.base import EXACT_LOGDET_MAX_DIM, InvertibleBlock
+from implicit_transforms.blocks.base import (
+    EXACT_LOGDET_MAX_DIM,
+    EXACT_LOGDET_TRAIN_MAX_DIM,
+    InvertibleBlock,
+)
 from implicit_transforms.blocks.factories import (
     build_block,
     impflow_block,
@@ -14,6 +18,7 @@ from implicit_transforms.blocks.residual import ResidualBlock
 
 __all__ = [
     "EXACT_LOGDET_MAX_DIM",
+    "EXACT_LOGDET_TRAIN_MAX_DIM",
     "FAMILIES",
     "BlockOptions",
     "Family",

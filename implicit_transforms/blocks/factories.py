@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.implicit import ImplicitBlock
-from implicit_transforms.blocks.options import BlockOptions, make_options
+from implicit_transforms.blocks.options import BlockOptions, make_options, training_logdet_doc
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
 
@@ -76,7 +76,7 @@ def build_block(
     Returns:
         A :class:`ResidualBlock` (iresnet, resflow) or an :class:`ImplicitBlock` (impflow).
     """
-    opts = make_options(options, changes).resolve(family)
+    opts = make_options(options, changes).resolve(family, event_shape)
     nets = [
         lipschitz_net(
             event_shape,
@@ -153,7 +153,7 @@ def _factory(family: str, summary: str) -> BlockFactory[Any]:
         )
 
     factory.__name__ = factory.__qualname__ = f"{family}_block"
-    factory.__doc__ = summary + _ARGS_DOC
+    factory.__doc__ = summary + training_logdet_doc(family) + _ARGS_DOC
     return factory
 
 

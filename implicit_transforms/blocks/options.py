@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from implicit_transforms.blocks.base import EXACT_LOGDET_TRAIN_MAX_DIM
 from implicit_transforms.implicit import DEFAULT_ADJOINT
 from implicit_transforms.lipschitz.activations import ACTIVATIONS
 from implicit_transforms.lipschitz.spectral import check_coeff
 from implicit_transforms.logdet import (
+    ExactLogDet,
     Geometric,
     LogDetEstimator,
     PowerSeriesLogDet,
@@ -20,7 +23,15 @@ from implicit_transforms.logdet import (
 )
 from implicit_transforms.solvers import Broyden, FixedPoint, OnFailure, Solver, SolverConfig
 
-__all__ = ["FAMILIES", "BlockOptions", "Family", "ResolvedOptions", "adjoint_for", "make_options"]
+__all__ = [
+    "FAMILIES",
+    "BlockOptions",
+    "Family",
+    "ResolvedOptions",
+    "adjoint_for",
+    "make_options",
+    "training_logdet_doc",
+]
 
 
 @dataclass(frozen=True)
@@ -101,8 +112,11 @@ class BlockOptions:
             forward solver's failure policy).
         on_failure: failure policy of the default forward and adjoint solvers: ``"raise"``
             (default), ``"warn"`` or ``"ignore"``.
-        logdet_train: training log-det estimator (iresnet: 5-term power series; others:
-            unbiased roulette with Neumann gradient).
+        logdet_train: training log-det estimator. Default: exact (``ExactLogDet``) for events
+            of at most :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements
+            unless ``n_probes``, ``n_exact_terms``, ``n_terms`` or ``generator`` is given;
+            otherwise the family's estimator (iresnet: 5-term power series; others: unbiased
+            roulette with Neumann gradient).
         logdet_eval: evaluation log-det estimator (default: exact for events of at most 64
             elements, else ``logdet_train``).
         n_probes: Hutchinson probes per sample of the default training estimator (1).
@@ -176,8 +190,18 @@ class BlockOptions:
         """A copy with some fields changed (unknown names raise ``TypeError``)."""
         return make_options(self, changes)
 
-    def resolve(self, family: str | Family) -> ResolvedOptions:
-        """Fill every unset field with ``family``'s default."""
+    def resolve(
+        self, family: str | Family, event_shape: int | Sequence[int] | None = None
+    ) -> ResolvedOptions:
+        """Fill every unset field with ``family``'s default.
+
+        Args:
+            family: a name in :data:`FAMILIES` or a :class:`Family`.
+            event_shape: the blocks' event shape; with it, an unset training estimator is
+                exact for events of at most
+                :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements
+                (without it, the family's estimator).
+        """
         fam = FAMILIES.get(family) if isinstance(family, str) else family
         if fam is None:
             raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
@@ -193,14 +217,23 @@ class BlockOptions:
             activation=fam.activation if self.activation is None else self.activation,
             solver=solver,
             adjoint_solver=adjoint,
-            logdet_train=self._training_estimator(fam),
+            logdet_train=self._training_estimator(fam, event_shape),
             logdet_eval=self.logdet_eval,
             compile=self.compile,
         )
 
-    def _training_estimator(self, fam: Family) -> LogDetEstimator:
+    def _training_estimator(
+        self, fam: Family, event_shape: int | Sequence[int] | None
+    ) -> LogDetEstimator:
         if self.logdet_train is not None:
             return self.logdet_train
+        # Small events: the exact log-det costs no more than the estimator (measured), and has
+        # no variance. A setting of the estimator means the caller wants the estimator.
+        settings = (self.n_probes, self.n_exact_terms, self.n_terms, self.generator)
+        if event_shape is not None and all(v is None for v in settings):
+            shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+            if math.prod(shape) <= EXACT_LOGDET_TRAIN_MAX_DIM:
+                return ExactLogDet()
         probes = 1 if self.n_probes is None else self.n_probes
         if fam.series == "power-series":
             if self.n_exact_terms is not None:
@@ -222,6 +255,24 @@ class BlockOptions:
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))
+
+
+def training_logdet_doc(family: str) -> str:
+    """The paragraph every entry point's docstring gives about its training-mode log-det."""
+    if FAMILIES[family].series == "power-series":
+        kind = "a truncated (biased) power-series estimate"
+    else:
+        kind = "an unbiased Russian-roulette estimate"
+    return f"""
+
+    Training-mode log-det: exact (``ExactLogDet``) for events of at most
+    :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to which it
+    costs no more than the estimator. Larger events get
+    {kind}, which changes from call to call: for the exact value
+    pass ``logdet_train=ExactLogDet()``, or call ``.eval()`` (exact up to
+    :data:`~implicit_transforms.blocks.EXACT_LOGDET_MAX_DIM` elements unless ``logdet_eval`` is
+    given). Giving ``logdet_train`` or a setting of the estimator
+    (``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``) keeps that estimator."""
 
 
 def make_options(options: BlockOptions | None, changes: Mapping[str, Any]) -> BlockOptions:
