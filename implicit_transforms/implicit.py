@@ -22,7 +22,7 @@ from torch import Tensor
 
 from implicit_transforms.errors import HigherOrderGradientError
 from implicit_transforms.solvers import Broyden, Solver, SolverResult
-from implicit_transforms.solvers.broyden import InverseJacobian
+from implicit_transforms.solvers.result import WarmState
 
 __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
 
@@ -44,7 +44,7 @@ def attach_implicit_grad(
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
     on_solve: Callable[[SolverResult], None] | None = None,
-    adjoint_start: InverseJacobian | Callable[[], InverseJacobian] | None = None,
+    adjoint_start: WarmState | Callable[[], WarmState] | None = None,
 ) -> Tensor:
     r"""Return ``root`` with implicit-function-theorem gradients attached.
 
@@ -70,10 +70,11 @@ def attach_implicit_grad(
         on_solve: called with the adjoint solve's
             :class:`~implicit_transforms.solvers.SolverResult` (its ``root`` in the scaled
             units) in the backward pass.
-        adjoint_start: an approximation of ``(dF/dz)^{-T}`` per sample to start a Broyden
-            adjoint solve from, or a function building it in the backward pass
-            (:func:`solve_implicit` passes the transpose of the forward Broyden solve's final
-            inverse Jacobian, built only if a backward pass happens).
+        adjoint_start: a :class:`~implicit_transforms.solvers.WarmState` for the adjoint
+            system ``(dF/dz)^T``, or a function building it in the backward pass, handed to the
+            adjoint solver as ``warm_start`` (:func:`solve_implicit` passes the transpose of
+            the forward solve's ``warm_state``, built only if a backward pass happens; solvers
+            that cannot use it ignore it).
 
     Returns:
         A tensor equal to ``root`` whose gradients are the implicit ones. Without grad mode,
@@ -115,11 +116,11 @@ def attach_implicit_grad(
             (jtw,) = torch.autograd.grad(step, z, w, retain_graph=True)
             return w - jtw - target
 
-        if adjoint_start is not None and isinstance(solver, Broyden):
-            start = adjoint_start() if callable(adjoint_start) else adjoint_start
-            result = solver(adjoint_residual, target, event_dims=event_dims, inverse_jacobian=start)
-        else:
-            result = solver(adjoint_residual, target, event_dims=event_dims)
+        start = adjoint_start() if callable(adjoint_start) else adjoint_start
+        # Solvers of the protocol take a warm start (and ignore what they cannot use); a
+        # plain callable written before the protocol had it is still called without one.
+        hint = {} if start is None else {"warm_start": start}
+        result = solver(adjoint_residual, target, event_dims=event_dims, **hint)
         if on_solve is not None:
             on_solve(result)
         return torch.where(finite, result.root * safe_scale, grad)
@@ -174,8 +175,8 @@ def solve_implicit(
     result = solver(residual, z0.detach(), event_dims=event_dims)
     # The forward Broyden's H approximates (dF/dz)^{-1}; the adjoint system's Jacobian is
     # (dF/dz)^T, so H^T is a warm start for it.
-    forward_h = result.inverse_jacobian
-    start = None if forward_h is None else forward_h.transpose  # built in the backward pass
+    state = result.warm_state
+    start = None if state is None else state.transpose  # built in the backward pass
     z = attach_implicit_grad(
         residual,
         result.root,

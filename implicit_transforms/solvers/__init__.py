@@ -18,7 +18,7 @@ from implicit_transforms.solvers.anderson import Anderson, anderson, default_reg
 from implicit_transforms.solvers.base import Solver, SolverConfig
 from implicit_transforms.solvers.broyden import Broyden, InverseJacobian, broyden
 from implicit_transforms.solvers.fixed_point import FixedPoint, fixed_point
-from implicit_transforms.solvers.result import OnFailure, SolverResult, SolverStatus
+from implicit_transforms.solvers.result import OnFailure, SolverResult, SolverStatus, WarmState
 
 __all__ = [
     "Anderson",
@@ -31,6 +31,7 @@ __all__ = [
     "SolverConfig",
     "SolverResult",
     "SolverStatus",
+    "WarmState",
     "anderson",
     "broyden",
     "default_check_every",

@@ -11,7 +11,12 @@ from torch import Tensor
 
 from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
-from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
+from implicit_transforms.solvers.result import (
+    OnFailure,
+    SolverResult,
+    WarmState,
+    apply_failure_policy,
+)
 
 __all__ = ["Anderson", "anderson", "default_regularization"]
 
@@ -55,6 +60,7 @@ def anderson(
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
     check_every: int | None = None,
+    warm_start: WarmState | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by Anderson acceleration of ``T(z) = z - F(z)``.
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from torch import Tensor
 
 from implicit_transforms.solvers._common import check_common
-from implicit_transforms.solvers.result import OnFailure, SolverResult
+from implicit_transforms.solvers.result import OnFailure, SolverResult, WarmState
 
 __all__ = ["Solver", "SolverConfig"]
 
@@ -27,9 +27,15 @@ class Solver(Protocol):
     """
 
     def __call__(
-        self, fn: Callable[[Tensor], Tensor], z0: Tensor, *, event_dims: int = 1
+        self,
+        fn: Callable[[Tensor], Tensor],
+        z0: Tensor,
+        *,
+        event_dims: int = 1,
+        warm_start: WarmState | None = None,
     ) -> SolverResult:
-        """Solve ``fn(z) = 0`` from ``z0``."""
+        """Solve ``fn(z) = 0`` from ``z0`` (and from ``warm_start``, a related solve's
+        :attr:`~SolverResult.warm_state`, when the solver can use it)."""
         ...
 
 
@@ -76,7 +82,15 @@ class SolverConfig:
         return dataclasses.replace(self, **changes)
 
     def __call__(
-        self, fn: Callable[[Tensor], Tensor], z0: Tensor, *, event_dims: int = 1
+        self,
+        fn: Callable[[Tensor], Tensor],
+        z0: Tensor,
+        *,
+        event_dims: int = 1,
+        warm_start: WarmState | None = None,
     ) -> SolverResult:
-        """Solve ``fn(z) = 0`` from ``z0`` with this configuration."""
-        return type(self)._function(fn, z0, event_dims=event_dims, **self.options())
+        """Solve ``fn(z) = 0`` from ``z0`` with this configuration (``warm_start``: see
+        :class:`Solver`)."""
+        return type(self)._function(
+            fn, z0, event_dims=event_dims, warm_start=warm_start, **self.options()
+        )

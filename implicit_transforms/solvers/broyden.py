@@ -13,7 +13,12 @@ from torch import Tensor
 
 from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
-from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
+from implicit_transforms.solvers.result import (
+    OnFailure,
+    SolverResult,
+    WarmState,
+    apply_failure_policy,
+)
 
 __all__ = ["Broyden", "InverseJacobian", "broyden"]
 
@@ -31,7 +36,7 @@ class InverseJacobian:
     conditions (measured: restarting needs up to 40% fewer evaluations, see
     ``benchmarks/README.md``).
 
-    A solve's final approximation (in :attr:`SolverResult.inverse_jacobian`) can start another
+    A solve's final approximation (in :attr:`SolverResult.warm_state`) can start another
     solve whose Jacobian is related: the adjoint of an implicit solve has Jacobian
     ``(dF/dz)^T``, whose inverse :meth:`transpose` approximates.
     """
@@ -186,7 +191,7 @@ def broyden(
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
     check_every: int | None = None,
-    inverse_jacobian: InverseJacobian | None = None,
+    warm_start: WarmState | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by Broyden's ("good") quasi-Newton method.
 
@@ -232,13 +237,13 @@ def broyden(
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"``.
         check_every: iterations between host reads of the convergence state (see
             :func:`fixed_point`).
-        inverse_jacobian: a starting approximation of ``(dF/dz)^{-1}`` for every sample (e.g.
-            the transpose of a related solve's, for an adjoint system); ignored when its shape
-            does not fit.
+        warm_start: a starting approximation of ``(dF/dz)^{-1}`` for every sample (an
+            :class:`InverseJacobian`, e.g. the transpose of a related solve's, for an adjoint
+            system); ignored when it is another solver's state or its shape does not fit.
 
     Returns:
-        A :class:`~implicit_transforms.solvers.SolverResult` whose ``inverse_jacobian`` holds
-        each sample's final approximation.
+        A :class:`~implicit_transforms.solvers.SolverResult` whose ``warm_state`` holds
+        each sample's final approximation (an :class:`InverseJacobian`).
 
     References:
         Broyden, "A class of methods for solving nonlinear simultaneous equations", 1965.
@@ -263,7 +268,11 @@ def broyden(
         z, f = run.z, run.f
         b, n = prob.z0.shape
         h0 = 1.0 / jacobian_guess
-        start = None if inverse_jacobian is None else inverse_jacobian.reshaped_like(b, n, history)
+        start = (
+            warm_start.reshaped_like(b, n, history)
+            if isinstance(warm_start, InverseJacobian)
+            else None
+        )
         if start is not None and run.rows is not None:  # samples that converged at z0 left
             start.keep(_mask_of(run.rows, b))
         inv = start or InverseJacobian.identity(z.shape[0], n, history, h0, z)
@@ -324,7 +333,7 @@ def broyden(
                 inv.keep(keep)
             best_f = torch.where(improved[:, None], f, best_f)
     result = run.result()
-    return apply_failure_policy(dataclasses.replace(result, inverse_jacobian=final), on_failure)
+    return apply_failure_policy(dataclasses.replace(result, warm_state=final), on_failure)
 
 
 def _mask_of(rows: Tensor, b: int) -> Tensor:
@@ -356,17 +365,4 @@ class Broyden(SolverConfig):
             self.jacobian_guess,
             self.max_backtracks,
             self.max_growth,
-        )
-
-    def __call__(
-        self,
-        fn: Callable[[Tensor], Tensor],
-        z0: Tensor,
-        *,
-        event_dims: int = 1,
-        inverse_jacobian: InverseJacobian | None = None,
-    ) -> SolverResult:
-        """Solve ``fn(z) = 0`` from ``z0``, optionally from a starting inverse Jacobian."""
-        return broyden(
-            fn, z0, event_dims=event_dims, inverse_jacobian=inverse_jacobian, **self.options()
         )

@@ -10,7 +10,12 @@ from torch import Tensor
 
 from implicit_transforms.solvers._common import ActiveSet, FlatProblem
 from implicit_transforms.solvers.base import SolverConfig
-from implicit_transforms.solvers.result import OnFailure, SolverResult, apply_failure_policy
+from implicit_transforms.solvers.result import (
+    OnFailure,
+    SolverResult,
+    WarmState,
+    apply_failure_policy,
+)
 
 __all__ = ["FixedPoint", "fixed_point"]
 
@@ -25,6 +30,7 @@ def fixed_point(
     event_dims: int = 1,
     on_failure: OnFailure = "raise",
     check_every: int | None = None,
+    warm_start: WarmState | None = None,
 ) -> SolverResult:
     r"""Solve ``F(z) = 0`` by the fixed-point iteration ``z <- z - F(z)``.
 
@@ -49,6 +55,8 @@ def fixed_point(
             or ``"ignore"`` when some sample fails to converge or goes non-finite.
         check_every: iterations between reads of the convergence state by the host (default:
             every iteration on the CPU, every 4 on accelerators, where each read synchronises).
+        warm_start: accepted for the :class:`~implicit_transforms.solvers.Solver` protocol
+            and ignored (this method keeps no state between iterations to start from).
 
     Returns:
         A :class:`~implicit_transforms.solvers.SolverResult`.

@@ -5,14 +5,14 @@ from __future__ import annotations
 import enum
 import warnings
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from implicit_transforms.errors import ConvergenceError, ConvergenceWarning
 
-__all__ = ["OnFailure", "SolverResult", "SolverStatus", "apply_failure_policy"]
+__all__ = ["OnFailure", "SolverResult", "SolverStatus", "WarmState", "apply_failure_policy"]
 
 OnFailure = Literal["raise", "warn", "ignore"]
 """What a solver does when some sample did not converge: raise
@@ -26,6 +26,22 @@ class SolverStatus(enum.Enum):
     SUCCESS = "every sample converged"
     MAX_ITER = "some samples did not reach the tolerance within max_iter iterations"
     NONFINITE = "the function returned NaN or Inf for some samples"
+
+
+@runtime_checkable
+class WarmState(Protocol):
+    """A solver's knowledge of ``F`` near the root, handed from one solve to a related one
+    through the ``warm_start`` argument every solver takes.
+
+    The one relation used in this package: the adjoint of an implicit solve has Jacobian
+    ``(dF/dz)^T``, so it starts from :meth:`transpose` of the forward solve's state. A solver
+    uses a state it understands (Broyden: an inverse-Jacobian approximation) and ignores any
+    other, so no caller needs to know which solver it has.
+    """
+
+    def transpose(self) -> WarmState:
+        """The state of the transposed system."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -43,9 +59,9 @@ class SolverResult:
             calls): the work measure, since one call may evaluate only part of the batch.
         status: overall :class:`SolverStatus`.
         solver: name of the solver that produced the result.
-        inverse_jacobian: Broyden's final per-sample approximation of ``(dF/dz)^{-1}`` (an
-            :class:`~implicit_transforms.solvers.broyden.InverseJacobian`), ``None`` for the
-            other solvers.
+        warm_state: what the solver learnt about ``F`` that can start a related solve
+            (:class:`WarmState`; Broyden's final inverse-Jacobian approximation), ``None``
+            when the solver keeps nothing.
     """
 
     root: Tensor
@@ -57,7 +73,12 @@ class SolverResult:
     sample_evals: int
     status: SolverStatus
     solver: str
-    inverse_jacobian: Any = None
+    warm_state: WarmState | None = None
+
+    @property
+    def inverse_jacobian(self) -> WarmState | None:
+        """Broyden's name for :attr:`warm_state` (kept for earlier code)."""
+        return self.warm_state
 
     @property
     def message(self) -> str:
