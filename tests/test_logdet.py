@@ -239,3 +239,29 @@ def test_bad_settings(factory, match: str) -> None:  # type: ignore[no-untyped-d
 def test_shape_mismatch_of_g_is_reported() -> None:
     with pytest.raises(ValueError, match="map shape"):
         PowerSeriesLogDet()(lambda t: t[:, :1], torch.zeros(2, 3))
+
+
+def test_one_series_estimator_with_a_length_distribution() -> None:
+    """PowerSeriesLogDet and RouletteLogDet are SeriesLogDet with Fixed / Geometric lengths:
+    the same draws give the same numbers."""
+    from implicit_transforms.logdet import Fixed, Geometric, SeriesLogDet
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    a = 0.6 * a / torch.linalg.matrix_norm(a, ord=2)
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+
+    def g(v: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(v @ a.T)
+
+    pairs = [
+        (PowerSeriesLogDet(4, 2), SeriesLogDet(Fixed(4), 2, gradient="backprop")),
+        (RouletteLogDet(), SeriesLogDet(Geometric(), 1, gradient="neumann")),
+    ]
+    for named, generic in pairs:
+        named.generator = torch.Generator().manual_seed(7)
+        generic.generator = torch.Generator().manual_seed(7)
+        assert torch.equal(named(g, x)[1], generic(g, x)[1])
+    assert PowerSeriesLogDet(4).n_terms == 4
+    with pytest.raises(TypeError, match="length must be a SeriesLength"):
+        SeriesLogDet(3)  # type: ignore[arg-type]

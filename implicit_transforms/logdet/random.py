@@ -13,7 +13,7 @@ from typing import Literal, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["Geometric", "Poisson", "ProbeKind", "SeriesLength", "sample_probes"]
+__all__ = ["Fixed", "Geometric", "Poisson", "ProbeKind", "SeriesLength", "sample_probes"]
 
 ProbeKind = Literal["gaussian", "rademacher"]
 
@@ -58,6 +58,31 @@ class SeriesLength(Protocol):
     def survival(self, k: int) -> float:
         """``P(N >= k)``."""
         ...
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """``N = n_terms`` always: the truncated series (i-ResNet), biased by at most
+    :func:`~implicit_transforms.logdet.series.power_series_bound`.
+
+    Example:
+        >>> Fixed(5).sample(None), Fixed(5).survival(5)
+        (5, 1.0)
+    """
+
+    n_terms: int = 5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n_terms, bool) or not isinstance(self.n_terms, int) or self.n_terms < 1:
+            raise ValueError(f"Fixed: n_terms must be a positive int, got {self.n_terms!r}")
+
+    def sample(self, generator: torch.Generator | None) -> int:
+        """``n_terms`` (no randomness)."""
+        return self.n_terms
+
+    def survival(self, k: int) -> float:
+        """``P(N >= k)``: 1 up to ``n_terms`` (only those terms are ever evaluated)."""
+        return 1.0 if k <= self.n_terms else 0.0
 
 
 @dataclass(frozen=True)

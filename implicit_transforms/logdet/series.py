@@ -33,14 +33,20 @@ from implicit_transforms.logdet.base import (
     vjp,
 )
 from implicit_transforms.logdet.random import (
+    Fixed,
     Geometric,
-    Poisson,
     ProbeKind,
     SeriesLength,
     sample_probes,
 )
 
-__all__ = ["GradientMode", "PowerSeriesLogDet", "RouletteLogDet", "power_series_bound"]
+__all__ = [
+    "GradientMode",
+    "PowerSeriesLogDet",
+    "RouletteLogDet",
+    "SeriesLogDet",
+    "power_series_bound",
+]
 
 GradientMode = Literal["backprop", "neumann"]
 
@@ -134,9 +140,89 @@ def _series_logdet(
     return gx, value
 
 
-class PowerSeriesLogDet:
+class SeriesLogDet:
+    r"""The power series of ``log det(I + J)`` with a number of terms ``N`` drawn from
+    ``length`` and Hutchinson probes:
+
+    ``(1/P) sum_p sum_{k=1}^{N} (-1)^{k+1} v_p^T J^k v_p / (k P(N >= k))``.
+
+    With :class:`~implicit_transforms.logdet.Fixed` lengths it is the truncated series
+    (i-ResNet, biased by at most :func:`power_series_bound`); with a random length
+    (:class:`~implicit_transforms.logdet.Geometric`, :class:`~implicit_transforms.logdet.Poisson`)
+    the Russian-roulette weights ``1 / P(N >= k)`` make it unbiased (Residual Flows).
+    :class:`PowerSeriesLogDet` and :class:`RouletteLogDet` are this class with each paper's
+    defaults.
+
+    Args:
+        length: distribution of ``N`` (a :class:`~implicit_transforms.logdet.SeriesLength`).
+        n_probes: number of Hutchinson probes ``P``.
+        probe: ``"gaussian"`` or ``"rademacher"``.
+        gradient: ``"backprop"`` or ``"neumann"`` (see the module docstring).
+        generator: explicit source of randomness for ``N`` and the probes.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.logdet import Fixed
+        >>> est = SeriesLogDet(Fixed(3), gradient="backprop")
+        >>> gx, ld = est(lambda x: 0.1 * x, torch.zeros(4, 2))
+        >>> ld.shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        length: SeriesLength,
+        n_probes: int = 1,
+        *,
+        probe: ProbeKind = "gaussian",
+        gradient: GradientMode = "neumann",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        name = type(self).__name__
+        _check_common(n_probes, probe, gradient, name)
+        if not callable(getattr(length, "sample", None)) or not callable(
+            getattr(length, "survival", None)
+        ):
+            raise TypeError(
+                f"{name}: length must be a SeriesLength (Fixed, Geometric, Poisson or an object "
+                f"with sample() and survival()), got {type(length).__name__}"
+            )
+        self.length: SeriesLength = length
+        self.n_probes, self.probe, self.gradient = n_probes, probe, gradient
+        self.generator = generator
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(length={self.length!r}, n_probes={self.n_probes}, "
+            f"probe={self.probe!r}, gradient={self.gradient!r})"
+        )
+
+    def __call__(
+        self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """Return ``(g(x), estimate of log det(I + J_g(x)))``; shapes ``(*batch, *event)``,
+        ``batch``."""
+        n_terms = self.length.sample(self.generator)
+        tail = self.length.survival(n_terms)
+        if not math.isfinite(tail) or tail <= 0:
+            raise RuntimeError(f"{type(self).__name__}: P(N >= {n_terms}) underflowed to zero")
+        return _series_logdet(
+            g,
+            x,
+            event_dims=event_dims,
+            n_terms=n_terms,
+            survival=self.length.survival,
+            n_probes=self.n_probes,
+            probe=self.probe,
+            gradient=self.gradient,
+            generator=self.generator,
+        )
+
+
+class PowerSeriesLogDet(SeriesLogDet):
     r"""Truncated power series with Hutchinson probes (i-ResNet): **biased** by at most
-    :func:`power_series_bound`.
+    :func:`power_series_bound`. :class:`SeriesLogDet` with a
+    :class:`~implicit_transforms.logdet.Fixed` length.
 
     ``log det(I + J) ~ (1/P) sum_p sum_{k=1}^{n} (-1)^{k+1} v_p^T J^k v_p / k``
 
@@ -160,11 +246,16 @@ class PowerSeriesLogDet:
         gradient: GradientMode = "backprop",
         generator: torch.Generator | None = None,
     ) -> None:
-        if not isinstance(n_terms, int) or n_terms < 1:
+        if isinstance(n_terms, bool) or not isinstance(n_terms, int) or n_terms < 1:
             raise ValueError(f"PowerSeriesLogDet: n_terms must be a positive int, got {n_terms!r}")
-        _check_common(n_probes, probe, gradient, "PowerSeriesLogDet")
-        self.n_terms, self.n_probes, self.probe, self.gradient = n_terms, n_probes, probe, gradient
-        self.generator = generator
+        super().__init__(
+            Fixed(n_terms), n_probes, probe=probe, gradient=gradient, generator=generator
+        )
+
+    @property
+    def n_terms(self) -> int:
+        """Number of series terms."""
+        return self.length.sample(None)
 
     def __repr__(self) -> str:
         return (
@@ -172,29 +263,15 @@ class PowerSeriesLogDet:
             f"probe={self.probe!r}, gradient={self.gradient!r})"
         )
 
-    def __call__(
-        self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
-    ) -> tuple[Tensor, Tensor]:
-        """Return ``(g(x), estimate of log det(I + J_g(x)))``; shapes ``(*batch, *event)``, ``batch``."""
-        return _series_logdet(
-            g,
-            x,
-            event_dims=event_dims,
-            n_terms=self.n_terms,
-            survival=lambda k: 1.0,
-            n_probes=self.n_probes,
-            probe=self.probe,
-            gradient=self.gradient,
-            generator=self.generator,
-        )
 
-
-class RouletteLogDet:
-    r"""Unbiased Russian-roulette power series (Residual Flows).
+class RouletteLogDet(SeriesLogDet):
+    r"""Unbiased Russian-roulette power series (Residual Flows): :class:`SeriesLogDet` with a
+    random length, by default :class:`~implicit_transforms.logdet.Geometric` and the
+    memory-efficient Neumann gradient.
 
     Draws ``N`` from ``length`` (one draw per call) and returns
     ``(1/P) sum_p sum_{k=1}^{N} (-1)^{k+1} v_p^T J^k v_p / (k P(N >= k))``, whose expectation is
-    exactly ``log det(I + J)``. The default gradient is the memory-efficient Neumann series.
+    exactly ``log det(I + J)``.
 
     Args:
         length: distribution of ``N`` (:class:`Geometric` or :class:`Poisson`, which fix the
@@ -218,39 +295,10 @@ class RouletteLogDet:
         gradient: GradientMode = "neumann",
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_common(n_probes, probe, gradient, "RouletteLogDet")
-        self.length: SeriesLength = Geometric() if length is None else length
-        if not isinstance(self.length, (Geometric, Poisson)) and not hasattr(
-            self.length, "survival"
-        ):
-            raise TypeError(
-                f"RouletteLogDet: length must be a SeriesLength, got {type(length).__name__}"
-            )
-        self.n_probes, self.probe, self.gradient = n_probes, probe, gradient
-        self.generator = generator
-
-    def __repr__(self) -> str:
-        return (
-            f"RouletteLogDet(length={self.length!r}, n_probes={self.n_probes}, "
-            f"probe={self.probe!r}, gradient={self.gradient!r})"
-        )
-
-    def __call__(
-        self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
-    ) -> tuple[Tensor, Tensor]:
-        """Return ``(g(x), unbiased estimate of log det(I + J_g(x)))``."""
-        n_terms = self.length.sample(self.generator)
-        tail = self.length.survival(n_terms)
-        if not math.isfinite(tail) or tail <= 0:
-            raise RuntimeError(f"RouletteLogDet: P(N >= {n_terms}) underflowed to zero")
-        return _series_logdet(
-            g,
-            x,
-            event_dims=event_dims,
-            n_terms=n_terms,
-            survival=self.length.survival,
-            n_probes=self.n_probes,
-            probe=self.probe,
-            gradient=self.gradient,
-            generator=self.generator,
+        super().__init__(
+            Geometric() if length is None else length,
+            n_probes,
+            probe=probe,
+            gradient=gradient,
+            generator=generator,
         )
