@@ -56,6 +56,9 @@ from implicit_transforms.lipschitz.norms import (
 __all__ = [
     "EXACT_MAX_CHANNELS",
     "EXACT_MAX_DIM",
+    "CertifiedNorm",
+    "ExactNorm",
+    "NormStrategy",
     "SpectralConv2d",
     "SpectralLinear",
     "check_coeff",
@@ -108,6 +111,87 @@ def _functorch_active() -> bool:
     return torch._C._functorch.peek_interpreter_stack() is not None
 
 
+class NormStrategy:
+    """How a spectral layer bounds ``||W||`` at a weight change: an object the layer holds
+    (``layer.norm``), so a layer never branches on a mode flag.
+
+    ``update`` runs at every weight change, ``improve`` on request (``refine``, ``eval()``),
+    ``sigma`` gives the differentiable norm the layer divides by (value ``s >= ||W||``).
+    """
+
+    def update(self, layer: _SpectralMixin, w: Tensor) -> None:
+        """Bring the layer's bound up to date with the raw weight ``w``."""
+        raise NotImplementedError
+
+    def improve(
+        self,
+        layer: _SpectralMixin,
+        w: Tensor,
+        *,
+        tol: float = EVAL_TOLERANCE,
+        max_iter: int = 2000,
+        n_iterations: int | None = None,
+    ) -> None:
+        """Tighten the bound (more power iterations); a no-op where it is already exact."""
+
+    def sigma(self, layer: _SpectralMixin, weight: Tensor) -> Tensor:
+        """``s``, differentiable in ``weight``."""
+        raise NotImplementedError
+
+
+class ExactNorm(NormStrategy):
+    """``s = ||W||`` exactly: an eigen-decomposition of the smaller Gram matrix (per
+    frequency for convolutions) at each weight change."""
+
+    def update(self, layer: _SpectralMixin, w: Tensor) -> None:
+        layer._exact_singular_vectors(w)
+        layer._bound = None
+
+    def sigma(self, layer: _SpectralMixin, weight: Tensor) -> Tensor:
+        return layer._exact_sigma(weight)
+
+    def __repr__(self) -> str:
+        return "ExactNorm()"
+
+
+class CertifiedNorm(NormStrategy):
+    """``s`` slightly above ``||W||``: warm-started power iteration for an estimate, then
+    :func:`~implicit_transforms.lipschitz.norms.certified_norm_bound` proves ``s`` (value the
+    certified bound, gradient the estimated singular pair's ``u v^T``)."""
+
+    def update(self, layer: _SpectralMixin, w: Tensor) -> None:
+        if layer.training:
+            layer._iterate(w, layer.n_power_iterations)
+        else:
+            layer._iterate_to(w, EVAL_TOLERANCE, 2000)
+        layer._certify(w)
+
+    def improve(
+        self,
+        layer: _SpectralMixin,
+        w: Tensor,
+        *,
+        tol: float = EVAL_TOLERANCE,
+        max_iter: int = 2000,
+        n_iterations: int | None = None,
+    ) -> None:
+        if n_iterations is not None:
+            layer._iterate(w, n_iterations)
+        else:
+            layer._iterate_to(w, tol, max_iter)
+            layer._slack = SLACK_MIN
+        layer._certify(w)
+
+    def sigma(self, layer: _SpectralMixin, weight: Tensor) -> Tensor:
+        lin = layer._power_sigma(weight)
+        if layer._bound is None:  # pragma: no cover - update() always certifies first
+            raise RuntimeError(f"{type(layer).__name__}: no certified bound yet")
+        return lin + (layer._bound - lin).detach()
+
+    def __repr__(self) -> str:
+        return "CertifiedNorm()"
+
+
 class _SpectralMixin(nn.Module):
     """Shared logic: content-keyed updates, exact or certified norms, the soft rescaling."""
 
@@ -116,7 +200,6 @@ class _SpectralMixin(nn.Module):
     v: Tensor
     coeff: float
     n_power_iterations: int
-    exact: bool
 
     def _init_spectral(self, coeff: float, n_power_iterations: int) -> None:
         self.coeff = check_coeff(coeff)
@@ -129,7 +212,7 @@ class _SpectralMixin(nn.Module):
                 f"n_power_iterations must be a positive int, got {n_power_iterations!r}"
             )
         self.n_power_iterations = n_power_iterations
-        self.exact = False
+        self.norm: NormStrategy = CertifiedNorm()
         self._estimate_of: Tensor | None = None  # the raw weight the bound belongs to
         self._bound: Tensor | None = None  # certified layers: s >= ||W|| for that weight
         self._slack = _START_SLACK
@@ -176,15 +259,7 @@ class _SpectralMixin(nn.Module):
                 f"{type(self).__name__}: the weight contains NaN or Inf (a diverged optimiser "
                 "step?); the layer cannot be normalised"
             )
-        if self.exact:
-            self._exact_singular_vectors(w)
-            self._bound = None
-        else:
-            if self.training:
-                self._iterate(w, self.n_power_iterations)
-            else:
-                self._iterate_to(w, EVAL_TOLERANCE, 2000)
-            self._certify(w)
+        self.norm.update(self, w)
         self._estimate_of = w.clone()
 
     def _certify(self, w: Tensor) -> None:
@@ -220,11 +295,8 @@ class _SpectralMixin(nn.Module):
         """Run ``n`` more power iterations on the current weight and certify again (no
         autograd; exact layers are already exact)."""
         self._sync()
-        if self.exact or not self._ready():
-            return
-        w = self.weight.detach()
-        self._iterate(w, n)
-        self._certify(w)
+        if self._ready():
+            self.norm.improve(self, self.weight.detach(), n_iterations=n)
 
     @torch.no_grad()
     def refine(self, tol: float = EVAL_TOLERANCE, max_iter: int = 2000) -> float:
@@ -239,11 +311,7 @@ class _SpectralMixin(nn.Module):
                 f"{type(self).__name__}: run one forward pass first (input size unknown)"
             )
         self._sync()
-        if not self.exact:
-            w = self.weight.detach()
-            self._iterate_to(w, tol, max_iter)
-            self._slack = SLACK_MIN
-            self._certify(w)
+        self.norm.improve(self, self.weight.detach(), tol=tol, max_iter=max_iter)
         return float(self.sigma())
 
     def sigma(self) -> Tensor:
@@ -252,14 +320,27 @@ class _SpectralMixin(nn.Module):
         if _functorch_active():
             return exact_operator_norm(self.weight, self._spatial())
         self._sync()
-        return self._sigma_of(self.weight)
+        return self.norm.sigma(self, self.weight)
 
-    def _sigma_of(self, weight: Tensor) -> Tensor:
-        lin = (self.u.clone() * self._apply_w(self.v.clone(), weight)).sum()
-        if self._bound is None:
-            return lin
-        # Value: the certified bound; gradient: the estimated singular pair's.
-        return lin + (self._bound - lin).detach()
+    def _power_sigma(self, weight: Tensor) -> Tensor:
+        """``u^T W v`` with the current singular-vector estimates (linear in ``W``)."""
+        return (self.u.clone() * self._apply_w(self.v.clone(), weight)).sum()
+
+    def _exact_sigma(self, weight: Tensor) -> Tensor:
+        """The exact top singular value, linear in ``W`` through its singular pair."""
+        return self._power_sigma(weight)
+
+    @property
+    def exact(self) -> bool:
+        """Whether the layer normalises by the exact norm (:class:`ExactNorm`) rather than a
+        certified bound (:class:`CertifiedNorm`). Assigning switches the strategy."""
+        return isinstance(self.norm, ExactNorm)
+
+    @exact.setter
+    def exact(self, value: bool) -> None:
+        self.norm = ExactNorm() if value else CertifiedNorm()
+        self._estimate_of = None
+        self._bound = None
 
     def normalized_weight(self) -> Tensor:
         """``W / max(1, s / c)`` for the raw weight as it is now (``s >= ||W||``).
@@ -282,8 +363,8 @@ class _SpectralMixin(nn.Module):
     def train(self, mode: bool = True) -> _SpectralMixin:
         """Switch mode; going to evaluation tightens a certified layer's bound."""
         super().train(mode)
-        if not mode and not self.exact and self._ready():
-            self.refine(EVAL_TOLERANCE)
+        if not mode and self._ready():
+            self.norm.improve(self, self.weight.detach(), tol=EVAL_TOLERANCE)
         return self
 
     # -- state dicts: the singular vectors are saved as warm starts; the bound is always
@@ -532,9 +613,7 @@ class SpectralConv2d(_SpectralMixin):
         self._phase = torch.polar(torch.ones_like(angle), angle)  # (k, k)
         self._u_hat, self._v_hat = u, v
 
-    def _sigma_of(self, weight: Tensor) -> Tensor:
-        if not self.exact:
-            return super()._sigma_of(weight)
+    def _exact_sigma(self, weight: Tensor) -> Tensor:
         if self._phase is None or self._u_hat is None or self._v_hat is None:
             raise RuntimeError("SpectralConv2d: no estimate yet (run one forward pass first)")
         # K(f*) = sum_ab K[:, :, a, b] e^{-2 pi i (f1 a / N1 + f2 b / N2)}, linear in K.
@@ -552,10 +631,8 @@ class SpectralConv2d(_SpectralMixin):
         )
         self._estimate_of = None
         self._bound = None
-        if self.exact:
-            self._sync()
-        else:
-            self.refine(tol=1e-4, max_iter=500)
+        self._sync()
+        self.norm.improve(self, self.weight.detach(), tol=1e-4, max_iter=500)
 
     def prepare(self, spatial_size: tuple[int, ...] | None = None) -> Tensor:
         """The normalised weight for inputs of spatial size ``(H, W)`` (the norm refers to it)."""
