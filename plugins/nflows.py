@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -33,6 +33,15 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.solvers import SolverResult
+
+if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
+    from implicit_transforms.plugins.nflows_images import (
+        FlattenTransform,
+        LogitTransform,
+        image_flow,
+        initialize_actnorm,
+        level_shapes,
+    )
 
 __all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
 
@@ -131,15 +140,17 @@ class ImpFlowTransform(_FamilyTransform):
     _family = "impflow"
 
 
-# The image builder lives in its own module; re-exported here as part of the nflows plugin.
-from implicit_transforms.plugins.nflows_images import (  # noqa: E402
-    FlattenTransform,
-    LogitTransform,
-    image_flow,
-    initialize_actnorm,
-    level_shapes,
+# The image builder lives in its own module, which builds on BlockTransform; its names are
+# re-exported here, resolved on first access (PEP 562): importing them at the top would make the
+# two modules import each other, and whichever a program imported first would find the other
+# half-initialised.
+_IMAGE_NAMES = (
+    "FlattenTransform",
+    "LogitTransform",
+    "image_flow",
+    "initialize_actnorm",
+    "level_shapes",
 )
-
 __all__ += [
     "FlattenTransform",
     "LogitTransform",
@@ -147,3 +158,11 @@ __all__ += [
     "initialize_actnorm",
     "level_shapes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _IMAGE_NAMES:
+        from implicit_transforms.plugins import nflows_images
+
+        return getattr(nflows_images, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,6 +39,16 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import FAMILIES, BlockOptions, InvertibleBlock, build_block
+
+if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
+    from implicit_transforms.plugins.pyro_guides import (
+        AutoFlowStack,
+        ConditionalElementwiseAffine,
+        ElementwiseAffine,
+        conditional_flow_stack,
+        flow_stack,
+        recipe_options,
+    )
 
 __all__ = [
     "GUIDE_ACTIVATION",
@@ -168,6 +178,24 @@ class ConditionalBlockTransformModule(ConditionalTransformModule):
     def condition(self, context: Tensor) -> BlockTransformModule:
         """The transform for a fixed ``context`` of shape ``(*, context_features)``."""
         return self._unconditioned(self.block, cache_size=1, context=context)
+
+
+class InverseBlockTransformModule(BlockTransformModule):
+    """A block with its directions swapped: Pyro's ``_call`` is the block's *inverse*.
+
+    For residual blocks this puts the solve on sampling and the explicit ``x + g(x)`` on
+    ``log_prob`` (density estimation, where data are scored far more often than sampled).
+    Built by :func:`~implicit_transforms.plugins.pyro_guides.flow_stack` with
+    ``explicit="score"``.
+    """
+
+    _swapped = True
+
+
+class ConditionalInverseBlockTransformModule(ConditionalBlockTransformModule):
+    """Conditional version of :class:`InverseBlockTransformModule`."""
+
+    _unconditioned = InverseBlockTransformModule
 
 
 # Pyro-style names: classes wrap a block, lowercase helpers build one from sizes.
@@ -404,14 +432,22 @@ class FlowDistribution(pdist.TorchDistribution):
         return self.base.log_prob(value) + log_det
 
 
-# The guide recipes build on the classes above; re-exported so that one import serves both.
-from implicit_transforms.plugins.pyro_guides import (  # noqa: E402
-    AutoFlowStack,
-    ConditionalElementwiseAffine,
-    ConditionalInverseBlockTransformModule,
-    ElementwiseAffine,
-    InverseBlockTransformModule,
-    conditional_flow_stack,
-    flow_stack,
-    recipe_options,
+# The guide recipes build on the classes above and are re-exported here, resolved on first
+# access (PEP 562): importing them at the top would make the two modules import each other, and
+# whichever a program imported first would find the other half-initialised.
+_GUIDE_NAMES = (
+    "AutoFlowStack",
+    "ConditionalElementwiseAffine",
+    "ElementwiseAffine",
+    "conditional_flow_stack",
+    "flow_stack",
+    "recipe_options",
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GUIDE_NAMES:
+        from implicit_transforms.plugins import pyro_guides
+
+        return getattr(pyro_guides, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

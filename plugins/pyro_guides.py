@@ -83,6 +83,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from implicit_transforms.plugins.pyro import (
     BlockTransformModule,
     ConditionalBlockTransformModule,
+    ConditionalInverseBlockTransformModule,
+    InverseBlockTransformModule,
 )
 
 from implicit_transforms.blocks import (
@@ -261,24 +263,6 @@ class ConditionalElementwiseAffine(ConditionalTransformModule):
         return pdist.transforms.AffineTransform(
             self.loc + shift, torch.exp(self.log_scale + log_scale), event_dim=1, cache_size=1
         )
-
-
-# -- the inverse direction -------------------------------------------------------------------
-class InverseBlockTransformModule(BlockTransformModule):
-    """A block with its directions swapped: Pyro's ``_call`` is the block's *inverse*.
-
-    For residual blocks this puts the solve on sampling and the explicit ``x + g(x)`` on
-    ``log_prob`` (density estimation, where data are scored far more often than sampled).
-    Built by :func:`flow_stack` with ``explicit="score"``.
-    """
-
-    _swapped = True
-
-
-class ConditionalInverseBlockTransformModule(ConditionalBlockTransformModule):
-    """Conditional version of :class:`InverseBlockTransformModule`."""
-
-    _unconditioned = InverseBlockTransformModule
 
 
 # -- recipes ---------------------------------------------------------------------------------
