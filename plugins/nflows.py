@@ -33,6 +33,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.solvers import SolverResult
+from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
 if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
     from implicit_transforms.plugins.nflows_images import (
@@ -96,6 +97,11 @@ class _FamilyTransform(BlockTransform):
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> None:
+        # checked here so that the errors name this class's arguments
+        check_event_shape(features, "features")
+        check_hidden(hidden_features, "hidden_features")
+        if context_features is not None:
+            check_positive_int(context_features, "context_features")
         super().__init__(
             build_block(
                 self._family,
@@ -112,7 +118,8 @@ _ARGS = """
 
     Args:
         features: ``D`` for vectors or ``(C, H, W)`` for images.
-        hidden_features: hidden sizes (MLP) or hidden channels (CNN).
+        hidden_features: hidden sizes (MLP; an int is one hidden layer, as in nflows) or hidden
+            channels (CNN).
         context_features: size of the (embedded) context, if any.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change

@@ -39,6 +39,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import FAMILIES, BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.validation import check_hidden, check_positive_int
 
 if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
     from implicit_transforms.plugins.pyro_guides import (
@@ -229,8 +230,11 @@ class ConditionalImpFlow(ConditionalBlockTransformModule):
     _unconditioned = ImpFlow
 
 
-def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
-    return [max(16, 8 * input_dim)] * 2 if hidden_dims is None else list(hidden_dims)
+def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
+    check_positive_int(input_dim, "input_dim")
+    if hidden_dims is None:
+        return [max(16, 8 * input_dim)] * 2
+    return check_hidden(hidden_dims, "hidden_dims")
 
 
 GUIDE_ACTIVATION = "lipswish"
@@ -260,7 +264,7 @@ class HelperFactory(Protocol[_T_co]):
     def __call__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -276,7 +280,7 @@ class ConditionalHelperFactory(Protocol[_T_co]):
         self,
         input_dim: int,
         context_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -289,7 +293,8 @@ _HELPER_ARGS = """
 
     Args:
         input_dim: ``D`` (events ``(*, D)``).
-        hidden_dims: hidden sizes (default two layers of ``max(16, 8 D)``).
+        hidden_dims: hidden sizes, an int for one hidden layer (default two layers of
+            ``max(16, 8 D)``).
         options: a :class:`~implicit_transforms.blocks.BlockOptions`. ResFlow and ImpFlow
             default to LipSwish here (:data:`GUIDE_ACTIVATION`), not the library's sine.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
@@ -302,7 +307,7 @@ _HELPER_ARGS = """
 def _helper(family: str, cls: type[BlockTransformModule], summary: str) -> HelperFactory[Any]:
     def helper(
         input_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -322,12 +327,13 @@ def _conditional_helper(
     def helper(
         input_dim: int,
         context_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> ConditionalBlockTransformModule:
         hidden = _hidden(hidden_dims, input_dim)
+        check_positive_int(context_dim, "context_dim")
         changes = _guide_changes(family, options, changes)
         block = build_block(
             family, input_dim, hidden, context_features=context_dim, options=options, **changes
