@@ -31,8 +31,9 @@ from torch import Tensor
 try:
     import pyro.distributions as pdist
     from pyro.distributions import constraints
-    from pyro.distributions.conditional import ConditionalTransformModule
+    from pyro.distributions.conditional import ConditionalTransform, ConditionalTransformModule
     from pyro.distributions.torch_transform import TransformModule
+    from torch.distributions.transforms import ComposeTransform, Transform
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "implicit_transforms.plugins.pyro needs Pyro: pip install 'implicit-transforms[pyro]'"
@@ -371,50 +372,120 @@ conditional_impflow: ConditionalHelperFactory[ConditionalImpFlow] = _conditional
 _Shape = torch.Size | list[int] | tuple[int, ...]
 
 
-class FlowDistribution(pdist.TorchDistribution):
-    r"""A base distribution pushed through blocks, with ``rsample_and_log_prob`` in one pass.
+def _sum_rightmost(value: Tensor, dims: int) -> Tensor:
+    return value.reshape(*value.shape[: value.dim() - dims], -1).sum(-1) if dims > 0 else value
 
-    ``z = T_K o ... o T_1(x)``, ``x ~ base``, ``log q(z) = log p(x) - sum_k log|det J_{T_k}|``,
-    computed along the forward pass: no identity-keyed cache and no inverse solve. Works with
-    ``pyro.contrib.zuko.ZukoToPyro``. ``log_prob`` of an arbitrary value solves the inverses.
+
+def _flatten_transforms(transforms: Any) -> list[Transform]:
+    """Blocks wrapped, compositions opened, conditional transforms refused."""
+    if isinstance(transforms, (Transform, InvertibleBlock)):
+        transforms = [transforms]
+    if not isinstance(transforms, Sequence):
+        raise TypeError(
+            f"transforms must be a sequence of transforms, got {type(transforms).__name__}"
+        )
+    flat: list[Transform] = []
+    for t in transforms:
+        if isinstance(t, InvertibleBlock):
+            flat.append(BlockTransformModule(t))
+        elif isinstance(t, ComposeTransform):
+            flat += _flatten_transforms(t.parts)
+        elif isinstance(t, Transform):
+            flat.append(t)
+        elif isinstance(t, ConditionalTransform):
+            raise TypeError(
+                f"FlowDistribution got the conditional transform {type(t).__name__}: call "
+                ".condition(context) on it first (or use ConditionalTransformedDistribution)"
+            )
+        else:
+            raise TypeError(
+                "transforms must be blocks or BlockTransformModules (or any "
+                f"torch.distributions Transform), got {type(t).__name__}"
+            )
+    return flat
+
+
+class FlowDistribution(pdist.TransformedDistribution):
+    r"""A ``TransformedDistribution`` that also samples and scores in one pass.
+
+    ``z = T_K o ... o T_1(x)``, ``x ~ base``,
+    ``log q(z) = log p(x) - sum_k log|det J_{T_k}(x_{k-1})|``.
+
+    It means exactly what ``pyro.distributions.TransformedDistribution(base, transforms)``
+    means (shapes, support, sampling and ``log_prob``), for the same transforms: blocks and
+    :class:`BlockTransformModule` s in either direction (:class:`InverseBlockTransformModule`,
+    conditional ones after ``.condition(context)``), compositions such as
+    :func:`~implicit_transforms.plugins.pyro_guides.flow_stack` (opened into their parts), and
+    any other ``torch.distributions`` transform (through its own ``__call__``, ``inv`` and
+    ``log_abs_det_jacobian``). What it adds: :meth:`rsample_and_log_prob` computes the
+    log-density along the forward pass (no identity-keyed cache, no inverse solve; works with
+    ``pyro.contrib.zuko.ZukoToPyro``), :meth:`sample` runs the blocks' maps alone, and
+    :meth:`log_prob` inverts each block with its log-det in the same pass.
 
     Args:
-        base: a distribution with ``event_shape`` equal to the blocks' event shape.
-        transforms: :class:`BlockTransformModule` s or blocks, applied in order.
-    """
+        base: the base distribution.
+        transforms: blocks, :class:`BlockTransformModule` s or ``torch.distributions``
+            transforms (a single one or a sequence), applied in order.
 
-    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012 - torch's API
-    has_rsample = True
+    Raises:
+        TypeError: an object that is not a transform, or a conditional transform that was not
+            conditioned.
+
+    Example:
+        >>> import torch, pyro.distributions as dist
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> q = FlowDistribution(base, [resflow(2, [8]), dist.transforms.AffineTransform(1., 2.)])
+        >>> z, log_q = q.rsample_and_log_prob((4,))
+        >>> z.shape, log_q.shape
+        (torch.Size([4, 2]), torch.Size([4]))
+    """
 
     def __init__(
         self,
         base: pdist.TorchDistribution,
-        transforms: Sequence[Any],
+        transforms: Any,
         validate_args: bool | None = None,
     ) -> None:
-        self.base = base
-        self.blocks = [t.block if isinstance(t, BlockTransformModule) else t for t in transforms]
-        self.contexts = [
-            t.context if isinstance(t, BlockTransformModule) else None for t in transforms
-        ]
-        for b in self.blocks:
-            if not isinstance(b, InvertibleBlock):
-                raise TypeError(
-                    f"transforms must be blocks or BlockTransformModules, got {type(b).__name__}"
-                )
-        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+        super().__init__(base, _flatten_transforms(transforms), validate_args=validate_args)
 
-    @property
-    def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
+    def _logdet_dims(self) -> tuple[list[int], int]:
+        """How many rightmost dimensions of each transform's log-det, and of the base
+        log-density, to sum (``TransformedDistribution.log_prob``'s bookkeeping)."""
+        event_dim = len(self.event_shape)
+        dims = []
+        for t in reversed(self.transforms):
+            event_dim += t.domain.event_dim - t.codomain.event_dim
+            dims.append(event_dim - t.domain.event_dim)
+        return dims[::-1], event_dim - len(self.base_dist.event_shape)
+
+    @staticmethod
+    def _forward(t: Transform, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, log|det dy/dx|)`` with ``y = t(x)``, in one pass for blocks."""
+        if isinstance(t, BlockTransformModule):
+            run = t.block.inverse_and_logdet if t._swapped else t.block.forward_and_logdet
+            return run(x, t.context)
+        y = t(x)
+        return y, t.log_abs_det_jacobian(x, y)
+
+    @staticmethod
+    def _backward(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, log|det dy/dx|)`` with ``x = t^{-1}(y)``, in one pass for blocks."""
+        if isinstance(t, BlockTransformModule):
+            run = t.block.forward_and_logdet if t._swapped else t.block.inverse_and_logdet
+            x, logdet_inverse = run(y, t.context)
+            return x, -logdet_inverse
+        x = t.inv(y)
+        return x, t.log_abs_det_jacobian(x, y)
 
     def rsample_and_log_prob(self, sample_shape: _Shape = ()) -> tuple[Tensor, Tensor]:
-        """Reparameterised sample and its log-density, shapes ``sample_shape + batch + event``."""
-        x = self.base.rsample(torch.Size(sample_shape))
-        log_q = self.base.log_prob(x)
-        for block, ctx in zip(self.blocks, self.contexts, strict=True):
-            x, ld = block.forward_and_logdet(x, ctx)
-            log_q = log_q - ld
+        """Reparameterised sample and its log-density, shapes ``sample_shape + batch + event``
+        and ``sample_shape + batch``."""
+        dims, base_dims = self._logdet_dims()
+        x = self.base_dist.rsample(torch.Size(sample_shape))
+        log_q = _sum_rightmost(self.base_dist.log_prob(x), base_dims)
+        for t, n in zip(self.transforms, dims, strict=True):
+            x, logdet = self._forward(t, x)
+            log_q = log_q - _sum_rightmost(logdet, n)
         return x, log_q
 
     def rsample(self, sample_shape: _Shape = ()) -> Tensor:
@@ -422,20 +493,28 @@ class FlowDistribution(pdist.TorchDistribution):
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: _Shape = ()) -> Tensor:
-        """Sample without gradients: the forward maps alone, no log-det work."""
+        """Sample without gradients: the blocks' maps alone, no log-det work."""
         with torch.no_grad():
-            x = self.base.sample(torch.Size(sample_shape))
-            for block, ctx in zip(self.blocks, self.contexts, strict=True):
-                x = block.forward_map(x, ctx)
+            x = self.base_dist.sample(torch.Size(sample_shape))
+            for t in self.transforms:
+                if isinstance(t, BlockTransformModule):
+                    block_map = t.block.inverse_map if t._swapped else t.block.forward_map
+                    x = block_map(x, t.context)
+                else:
+                    x = t(x)
         return x
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log q(value)`` by inverting every block (solves)."""
-        log_det = value.new_zeros(value.shape[: value.dim() - len(self.event_shape)])
-        for block, ctx in zip(reversed(self.blocks), reversed(self.contexts), strict=True):
-            value, ld = block.inverse_and_logdet(value, ctx)
-            log_det = log_det + ld
-        return self.base.log_prob(value) + log_det
+        """``log q(value)``, inverting every transform (blocks solve where their inverse is
+        implicit)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        dims, base_dims = self._logdet_dims()
+        log_det: Tensor | float = 0.0
+        for t, n in zip(reversed(self.transforms), reversed(dims), strict=True):
+            value, logdet = self._backward(t, value)
+            log_det = log_det - _sum_rightmost(logdet, n)
+        return _sum_rightmost(self.base_dist.log_prob(value), base_dims) + log_det
 
 
 # The guide recipes build on the classes above and are re-exported here, resolved on first
