@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 try:
@@ -72,7 +73,29 @@ class BlockTransform(Transform):
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise to data: ``(outputs, logabsdet)`` of the inverse map."""
+        self._check_noise_dtype(inputs)
         return self.block.inverse_and_logdet(inputs, self._context(context))
+
+    def _check_noise_dtype(self, inputs: Tensor) -> None:
+        """Name the usual cause of a dtype mismatch on the way back from noise: nflows'
+        ``Flow.sample`` feeds the base distribution's samples, and ``StandardNormal`` draws
+        them in the default dtype whatever ``flow.to(dtype)`` did."""
+        param = next(self.block.parameters(), None)
+        if (
+            param is None
+            or not isinstance(inputs, Tensor)
+            or inputs.dtype == param.dtype
+            or inputs.dtype not in (torch.float32, torch.float64)
+        ):
+            return  # nothing to explain, or the block's own check says it
+        raise TypeError(
+            f"{type(self).__name__}.inverse: inputs are {inputs.dtype} but the block's "
+            f"parameters are {param.dtype}. In Flow.sample the inputs are the base "
+            f"distribution's samples, and nflows' StandardNormal draws them in torch's default "
+            f"dtype ({torch.get_default_dtype()}) even after flow.to({param.dtype}): sample "
+            f"under torch.set_default_dtype({param.dtype}), or draw the noise yourself and call "
+            f"flow._transform.inverse(noise.to({param.dtype}))"
+        )
 
     @property
     def last_solve(self) -> SolverResult | None:

@@ -468,6 +468,14 @@ def conditional_flow_stack(
     return ConditionalComposeTransformModule(parts, cache_size=1)
 
 
+_NO_CLOSED_FORM = (
+    "AutoFlowStack: a flow guide has no closed-form {what} (its density is a normal pushed "
+    "through nonlinear blocks; the base's {what} does not map to the guide's). Estimate it from "
+    "samples: samples = pyro.infer.Predictive(model, guide=guide, num_samples=1000)"
+    "(*model_args), then {how} for each latent site"
+)
+
+
 # -- the autoguide ---------------------------------------------------------------------------
 class AutoFlowStack(AutoContinuous):
     r"""An autoguide ``q(z) = T_# N(0, I)`` with ``T`` a :func:`flow_stack`, started at the
@@ -573,6 +581,18 @@ class AutoFlowStack(AutoContinuous):
                 )
         pyro.module(prefix, transform, update_module_params=True)
         return transform
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Not available: see the error's advice (sample, then take the median)."""
+        raise NotImplementedError(
+            _NO_CLOSED_FORM.format(what="median", how="samples[site].median(0).values")
+        )
+
+    def quantiles(self, quantiles: Any, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Not available: see the error's advice (sample, then take quantiles)."""
+        raise NotImplementedError(
+            _NO_CLOSED_FORM.format(what="quantiles", how="torch.quantile(samples[site], q, dim=0)")
+        )
 
     def _transform(self) -> ComposeTransformModule:
         if self.transform is None:

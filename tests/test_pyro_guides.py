@@ -440,3 +440,30 @@ def test_flow_distribution_sample_uses_the_maps_alone() -> None:
     torch.manual_seed(3)
     r, _ = fd.rsample_and_log_prob((4,))
     assert not s.requires_grad and torch.allclose(s, r.detach())
+
+
+def test_certify_before_the_first_call_says_to_run_the_guide() -> None:
+    from implicit_transforms.lipschitz import certify
+
+    for guide in (
+        AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8]),
+        AutoNormalizingFlow(_gaussian_model, lambda d: flow_stack(d, "resflow", blocks=1)),
+    ):
+        with pytest.raises(ValueError, match=r"run the guide once first .*then certify"):
+            certify(guide)
+        guide()
+        assert certify(guide).contractive
+
+
+def test_median_and_quantiles_explain_what_to_do_instead() -> None:
+    guide = AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])
+    guide()
+    with pytest.raises(NotImplementedError, match=r"no closed-form median.*median\(0\)\.values"):
+        guide.median()
+    with pytest.raises(NotImplementedError, match=r"no closed-form quantiles.*torch\.quantile"):
+        guide.quantiles([0.25, 0.75])
+    # the advice works
+    samples = Predictive(_gaussian_model, guide=guide, num_samples=50, return_sites=["z"])()
+    z = samples["z"]
+    assert z.median(0).values.shape == z.shape[1:]
+    assert torch.quantile(z, torch.tensor([0.25, 0.75]), dim=0).shape == (2, *z.shape[1:])
