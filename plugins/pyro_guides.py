@@ -571,13 +571,14 @@ class AutoFlowStack(AutoContinuous):
         store = pyro.get_param_store()
         for name, param in transform.named_parameters():
             fullname = param_with_module_name(prefix, name)
-            if fullname in store and store[fullname].shape != param.shape:
+            held = store[fullname] if fullname in store else None
+            if held is not None and (held.shape, held.dtype) != (param.shape, param.dtype):
                 raise ValueError(
                     f"AutoFlowStack: the parameter store holds {fullname!r} with shape "
-                    f"{tuple(store[fullname].shape)}, but this guide's parameter has shape "
-                    f"{tuple(param.shape)}: another guide of the same name used the store. "
-                    "Call pyro.clear_param_store() or build the guides as submodules with "
-                    "different names"
+                    f"{tuple(held.shape)} and dtype {held.dtype}, but this guide's parameter "
+                    f"has shape {tuple(param.shape)} and dtype {param.dtype}: another guide of "
+                    "the same name used the store. Call pyro.clear_param_store() or build the "
+                    "guides as submodules with different names"
                 )
         pyro.module(prefix, transform, update_module_params=True)
         return transform
