@@ -20,8 +20,9 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import Tensor
 
 try:
@@ -34,6 +35,16 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.blocks.options import training_logdet_doc
 from implicit_transforms.solvers import SolverResult
+from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
+
+if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
+    from implicit_transforms.plugins.nflows_images import (
+        FlattenTransform,
+        LogitTransform,
+        image_flow,
+        initialize_actnorm,
+        level_shapes,
+    )
 
 __all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
 
@@ -63,7 +74,29 @@ class BlockTransform(Transform):
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise to data: ``(outputs, logabsdet)`` of the inverse map."""
+        self._check_noise_dtype(inputs)
         return self.block.inverse_and_logdet(inputs, self._context(context))
+
+    def _check_noise_dtype(self, inputs: Tensor) -> None:
+        """Name the usual cause of a dtype mismatch on the way back from noise: nflows'
+        ``Flow.sample`` feeds the base distribution's samples, and ``StandardNormal`` draws
+        them in the default dtype whatever ``flow.to(dtype)`` did."""
+        param = next(self.block.parameters(), None)
+        if (
+            param is None
+            or not isinstance(inputs, Tensor)
+            or inputs.dtype == param.dtype
+            or inputs.dtype not in (torch.float32, torch.float64)
+        ):
+            return  # nothing to explain, or the block's own check says it
+        raise TypeError(
+            f"{type(self).__name__}.inverse: inputs are {inputs.dtype} but the block's "
+            f"parameters are {param.dtype}. In Flow.sample the inputs are the base "
+            f"distribution's samples, and nflows' StandardNormal draws them in torch's default "
+            f"dtype ({torch.get_default_dtype()}) even after flow.to({param.dtype}): sample "
+            f"under torch.set_default_dtype({param.dtype}), or draw the noise yourself and call "
+            f"flow._transform.inverse(noise.to({param.dtype}))"
+        )
 
     @property
     def last_solve(self) -> SolverResult | None:
@@ -88,6 +121,11 @@ class _FamilyTransform(BlockTransform):
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> None:
+        # checked here so that the errors name this class's arguments
+        check_event_shape(features, "features")
+        check_hidden(hidden_features, "hidden_features")
+        if context_features is not None:
+            check_positive_int(context_features, "context_features")
         super().__init__(
             build_block(
                 self._family,
@@ -104,7 +142,8 @@ _ARGS = """
 
     Args:
         features: ``D`` for vectors or ``(C, H, W)`` for images.
-        hidden_features: hidden sizes (MLP) or hidden channels (CNN).
+        hidden_features: hidden sizes (MLP; an int is one hidden layer, as in nflows) or hidden
+            channels (CNN).
         context_features: size of the (embedded) context, if any.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
@@ -140,15 +179,17 @@ class ImpFlowTransform(_FamilyTransform):
     _family = "impflow"
 
 
-# The image builder lives in its own module; re-exported here as part of the nflows plugin.
-from implicit_transforms.plugins.nflows_images import (  # noqa: E402
-    FlattenTransform,
-    LogitTransform,
-    image_flow,
-    initialize_actnorm,
-    level_shapes,
+# The image builder lives in its own module, which builds on BlockTransform; its names are
+# re-exported here, resolved on first access (PEP 562): importing them at the top would make the
+# two modules import each other, and whichever a program imported first would find the other
+# half-initialised.
+_IMAGE_NAMES = (
+    "FlattenTransform",
+    "LogitTransform",
+    "image_flow",
+    "initialize_actnorm",
+    "level_shapes",
 )
-
 __all__ += [
     "FlattenTransform",
     "LogitTransform",
@@ -156,3 +197,11 @@ __all__ += [
     "initialize_actnorm",
     "level_shapes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _IMAGE_NAMES:
+        from implicit_transforms.plugins import nflows_images
+
+        return getattr(nflows_images, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

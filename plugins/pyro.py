@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,8 +31,9 @@ from torch import Tensor
 try:
     import pyro.distributions as pdist
     from pyro.distributions import constraints
-    from pyro.distributions.conditional import ConditionalTransformModule
+    from pyro.distributions.conditional import ConditionalTransform, ConditionalTransformModule
     from pyro.distributions.torch_transform import TransformModule
+    from torch.distributions.transforms import ComposeTransform, Transform
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "implicit_transforms.plugins.pyro needs Pyro: pip install 'implicit-transforms[pyro]'"
@@ -40,6 +41,17 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from implicit_transforms.blocks import FAMILIES, BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.blocks.options import training_logdet_doc
+from implicit_transforms.validation import check_hidden, check_positive_int
+
+if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
+    from implicit_transforms.plugins.pyro_guides import (
+        AutoFlowStack,
+        ConditionalElementwiseAffine,
+        ElementwiseAffine,
+        conditional_flow_stack,
+        flow_stack,
+        recipe_options,
+    )
 
 __all__ = [
     "GUIDE_ACTIVATION",
@@ -171,6 +183,24 @@ class ConditionalBlockTransformModule(ConditionalTransformModule):
         return self._unconditioned(self.block, cache_size=1, context=context)
 
 
+class InverseBlockTransformModule(BlockTransformModule):
+    """A block with its directions swapped: Pyro's ``_call`` is the block's *inverse*.
+
+    For residual blocks this puts the solve on sampling and the explicit ``x + g(x)`` on
+    ``log_prob`` (density estimation, where data are scored far more often than sampled).
+    Built by :func:`~implicit_transforms.plugins.pyro_guides.flow_stack` with
+    ``explicit="score"``.
+    """
+
+    _swapped = True
+
+
+class ConditionalInverseBlockTransformModule(ConditionalBlockTransformModule):
+    """Conditional version of :class:`InverseBlockTransformModule`."""
+
+    _unconditioned = InverseBlockTransformModule
+
+
 # Pyro-style names: classes wrap a block, lowercase helpers build one from sizes.
 class ResFlow(BlockTransformModule):
     """Residual Flow block as a Pyro transform (build with :func:`resflow`)."""
@@ -202,8 +232,11 @@ class ConditionalImpFlow(ConditionalBlockTransformModule):
     _unconditioned = ImpFlow
 
 
-def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
-    return [max(16, 8 * input_dim)] * 2 if hidden_dims is None else list(hidden_dims)
+def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
+    check_positive_int(input_dim, "input_dim")
+    if hidden_dims is None:
+        return [max(16, 8 * input_dim)] * 2
+    return check_hidden(hidden_dims, "hidden_dims")
 
 
 GUIDE_ACTIVATION = "lipswish"
@@ -233,7 +266,7 @@ class HelperFactory(Protocol[_T_co]):
     def __call__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -249,7 +282,7 @@ class ConditionalHelperFactory(Protocol[_T_co]):
         self,
         input_dim: int,
         context_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -262,7 +295,8 @@ _HELPER_ARGS = """
 
     Args:
         input_dim: ``D`` (events ``(*, D)``).
-        hidden_dims: hidden sizes (default two layers of ``max(16, 8 D)``).
+        hidden_dims: hidden sizes, an int for one hidden layer (default two layers of
+            ``max(16, 8 D)``).
         options: a :class:`~implicit_transforms.blocks.BlockOptions`. ResFlow and ImpFlow
             default to LipSwish here (:data:`GUIDE_ACTIVATION`), not the library's sine.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
@@ -275,7 +309,7 @@ _HELPER_ARGS = """
 def _helper(family: str, cls: type[BlockTransformModule], summary: str) -> HelperFactory[Any]:
     def helper(
         input_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -295,12 +329,13 @@ def _conditional_helper(
     def helper(
         input_dim: int,
         context_dim: int,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> ConditionalBlockTransformModule:
         hidden = _hidden(hidden_dims, input_dim)
+        check_positive_int(context_dim, "context_dim")
         changes = _guide_changes(family, options, changes)
         block = build_block(
             family, input_dim, hidden, context_features=context_dim, options=options, **changes
@@ -342,50 +377,120 @@ conditional_impflow: ConditionalHelperFactory[ConditionalImpFlow] = _conditional
 _Shape = torch.Size | list[int] | tuple[int, ...]
 
 
-class FlowDistribution(pdist.TorchDistribution):
-    r"""A base distribution pushed through blocks, with ``rsample_and_log_prob`` in one pass.
+def _sum_rightmost(value: Tensor, dims: int) -> Tensor:
+    return value.reshape(*value.shape[: value.dim() - dims], -1).sum(-1) if dims > 0 else value
 
-    ``z = T_K o ... o T_1(x)``, ``x ~ base``, ``log q(z) = log p(x) - sum_k log|det J_{T_k}|``,
-    computed along the forward pass: no identity-keyed cache and no inverse solve. Works with
-    ``pyro.contrib.zuko.ZukoToPyro``. ``log_prob`` of an arbitrary value solves the inverses.
+
+def _flatten_transforms(transforms: Any) -> list[Transform]:
+    """Blocks wrapped, compositions opened, conditional transforms refused."""
+    if isinstance(transforms, (Transform, InvertibleBlock)):
+        transforms = [transforms]
+    if not isinstance(transforms, Sequence):
+        raise TypeError(
+            f"transforms must be a sequence of transforms, got {type(transforms).__name__}"
+        )
+    flat: list[Transform] = []
+    for t in transforms:
+        if isinstance(t, InvertibleBlock):
+            flat.append(BlockTransformModule(t))
+        elif isinstance(t, ComposeTransform):
+            flat += _flatten_transforms(t.parts)
+        elif isinstance(t, Transform):
+            flat.append(t)
+        elif isinstance(t, ConditionalTransform):
+            raise TypeError(
+                f"FlowDistribution got the conditional transform {type(t).__name__}: call "
+                ".condition(context) on it first (or use ConditionalTransformedDistribution)"
+            )
+        else:
+            raise TypeError(
+                "transforms must be blocks or BlockTransformModules (or any "
+                f"torch.distributions Transform), got {type(t).__name__}"
+            )
+    return flat
+
+
+class FlowDistribution(pdist.TransformedDistribution):
+    r"""A ``TransformedDistribution`` that also samples and scores in one pass.
+
+    ``z = T_K o ... o T_1(x)``, ``x ~ base``,
+    ``log q(z) = log p(x) - sum_k log|det J_{T_k}(x_{k-1})|``.
+
+    It means exactly what ``pyro.distributions.TransformedDistribution(base, transforms)``
+    means (shapes, support, sampling and ``log_prob``), for the same transforms: blocks and
+    :class:`BlockTransformModule` s in either direction (:class:`InverseBlockTransformModule`,
+    conditional ones after ``.condition(context)``), compositions such as
+    :func:`~implicit_transforms.plugins.pyro_guides.flow_stack` (opened into their parts), and
+    any other ``torch.distributions`` transform (through its own ``__call__``, ``inv`` and
+    ``log_abs_det_jacobian``). What it adds: :meth:`rsample_and_log_prob` computes the
+    log-density along the forward pass (no identity-keyed cache, no inverse solve; works with
+    ``pyro.contrib.zuko.ZukoToPyro``), :meth:`sample` runs the blocks' maps alone, and
+    :meth:`log_prob` inverts each block with its log-det in the same pass.
 
     Args:
-        base: a distribution with ``event_shape`` equal to the blocks' event shape.
-        transforms: :class:`BlockTransformModule` s or blocks, applied in order.
-    """
+        base: the base distribution.
+        transforms: blocks, :class:`BlockTransformModule` s or ``torch.distributions``
+            transforms (a single one or a sequence), applied in order.
 
-    arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012 - torch's API
-    has_rsample = True
+    Raises:
+        TypeError: an object that is not a transform, or a conditional transform that was not
+            conditioned.
+
+    Example:
+        >>> import torch, pyro.distributions as dist
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> q = FlowDistribution(base, [resflow(2, [8]), dist.transforms.AffineTransform(1., 2.)])
+        >>> z, log_q = q.rsample_and_log_prob((4,))
+        >>> z.shape, log_q.shape
+        (torch.Size([4, 2]), torch.Size([4]))
+    """
 
     def __init__(
         self,
         base: pdist.TorchDistribution,
-        transforms: Sequence[Any],
+        transforms: Any,
         validate_args: bool | None = None,
     ) -> None:
-        self.base = base
-        self.blocks = [t.block if isinstance(t, BlockTransformModule) else t for t in transforms]
-        self.contexts = [
-            t.context if isinstance(t, BlockTransformModule) else None for t in transforms
-        ]
-        for b in self.blocks:
-            if not isinstance(b, InvertibleBlock):
-                raise TypeError(
-                    f"transforms must be blocks or BlockTransformModules, got {type(b).__name__}"
-                )
-        super().__init__(base.batch_shape, base.event_shape, validate_args=validate_args)
+        super().__init__(base, _flatten_transforms(transforms), validate_args=validate_args)
 
-    @property
-    def support(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
+    def _logdet_dims(self) -> tuple[list[int], int]:
+        """How many rightmost dimensions of each transform's log-det, and of the base
+        log-density, to sum (``TransformedDistribution.log_prob``'s bookkeeping)."""
+        event_dim = len(self.event_shape)
+        dims = []
+        for t in reversed(self.transforms):
+            event_dim += t.domain.event_dim - t.codomain.event_dim
+            dims.append(event_dim - t.domain.event_dim)
+        return dims[::-1], event_dim - len(self.base_dist.event_shape)
+
+    @staticmethod
+    def _forward(t: Transform, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y, log|det dy/dx|)`` with ``y = t(x)``, in one pass for blocks."""
+        if isinstance(t, BlockTransformModule):
+            run = t.block.inverse_and_logdet if t._swapped else t.block.forward_and_logdet
+            return run(x, t.context)
+        y = t(x)
+        return y, t.log_abs_det_jacobian(x, y)
+
+    @staticmethod
+    def _backward(t: Transform, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, log|det dy/dx|)`` with ``x = t^{-1}(y)``, in one pass for blocks."""
+        if isinstance(t, BlockTransformModule):
+            run = t.block.forward_and_logdet if t._swapped else t.block.inverse_and_logdet
+            x, logdet_inverse = run(y, t.context)
+            return x, -logdet_inverse
+        x = t.inv(y)
+        return x, t.log_abs_det_jacobian(x, y)
 
     def rsample_and_log_prob(self, sample_shape: _Shape = ()) -> tuple[Tensor, Tensor]:
-        """Reparameterised sample and its log-density, shapes ``sample_shape + batch + event``."""
-        x = self.base.rsample(torch.Size(sample_shape))
-        log_q = self.base.log_prob(x)
-        for block, ctx in zip(self.blocks, self.contexts, strict=True):
-            x, ld = block.forward_and_logdet(x, ctx)
-            log_q = log_q - ld
+        """Reparameterised sample and its log-density, shapes ``sample_shape + batch + event``
+        and ``sample_shape + batch``."""
+        dims, base_dims = self._logdet_dims()
+        x = self.base_dist.rsample(torch.Size(sample_shape))
+        log_q = _sum_rightmost(self.base_dist.log_prob(x), base_dims)
+        for t, n in zip(self.transforms, dims, strict=True):
+            x, logdet = self._forward(t, x)
+            log_q = log_q - _sum_rightmost(logdet, n)
         return x, log_q
 
     def rsample(self, sample_shape: _Shape = ()) -> Tensor:
@@ -393,30 +498,46 @@ class FlowDistribution(pdist.TorchDistribution):
         return self.rsample_and_log_prob(sample_shape)[0]
 
     def sample(self, sample_shape: _Shape = ()) -> Tensor:
-        """Sample without gradients: the forward maps alone, no log-det work."""
+        """Sample without gradients: the blocks' maps alone, no log-det work."""
         with torch.no_grad():
-            x = self.base.sample(torch.Size(sample_shape))
-            for block, ctx in zip(self.blocks, self.contexts, strict=True):
-                x = block.forward_map(x, ctx)
+            x = self.base_dist.sample(torch.Size(sample_shape))
+            for t in self.transforms:
+                if isinstance(t, BlockTransformModule):
+                    block_map = t.block.inverse_map if t._swapped else t.block.forward_map
+                    x = block_map(x, t.context)
+                else:
+                    x = t(x)
         return x
 
     def log_prob(self, value: Tensor) -> Tensor:
-        """``log q(value)`` by inverting every block (solves)."""
-        log_det = value.new_zeros(value.shape[: value.dim() - len(self.event_shape)])
-        for block, ctx in zip(reversed(self.blocks), reversed(self.contexts), strict=True):
-            value, ld = block.inverse_and_logdet(value, ctx)
-            log_det = log_det + ld
-        return self.base.log_prob(value) + log_det
+        """``log q(value)``, inverting every transform (blocks solve where their inverse is
+        implicit)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        dims, base_dims = self._logdet_dims()
+        log_det: Tensor | float = 0.0
+        for t, n in zip(reversed(self.transforms), reversed(dims), strict=True):
+            value, logdet = self._backward(t, value)
+            log_det = log_det - _sum_rightmost(logdet, n)
+        return _sum_rightmost(self.base_dist.log_prob(value), base_dims) + log_det
 
 
-# The guide recipes build on the classes above; re-exported so that one import serves both.
-from implicit_transforms.plugins.pyro_guides import (  # noqa: E402
-    AutoFlowStack,
-    ConditionalElementwiseAffine,
-    ConditionalInverseBlockTransformModule,
-    ElementwiseAffine,
-    InverseBlockTransformModule,
-    conditional_flow_stack,
-    flow_stack,
-    recipe_options,
+# The guide recipes build on the classes above and are re-exported here, resolved on first
+# access (PEP 562): importing them at the top would make the two modules import each other, and
+# whichever a program imported first would find the other half-initialised.
+_GUIDE_NAMES = (
+    "AutoFlowStack",
+    "ConditionalElementwiseAffine",
+    "ElementwiseAffine",
+    "conditional_flow_stack",
+    "flow_stack",
+    "recipe_options",
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GUIDE_NAMES:
+        from implicit_transforms.plugins import pyro_guides
+
+        return getattr(pyro_guides, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

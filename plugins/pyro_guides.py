@@ -83,6 +83,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from implicit_transforms.plugins.pyro import (
     BlockTransformModule,
     ConditionalBlockTransformModule,
+    ConditionalInverseBlockTransformModule,
+    InverseBlockTransformModule,
 )
 
 from implicit_transforms.blocks import (
@@ -95,6 +97,7 @@ from implicit_transforms.blocks import (
 )
 from implicit_transforms.logdet import ExactLogDet
 from implicit_transforms.solvers import Anderson
+from implicit_transforms.validation import check_hidden, check_positive_int
 
 __all__ = [
     "RECIPE_ACTIVATION",
@@ -127,12 +130,6 @@ def _as_vector(value: Tensor | float, dim: int, name: str) -> Tensor:
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {t}")
     return t.detach().clone().expand(dim).clone()
-
-
-def _check_dim(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class ElementwiseAffine(TransformModule):
@@ -171,7 +168,7 @@ class ElementwiseAffine(TransformModule):
         if cache_size not in (0, 1):
             raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
         super().__init__(cache_size=cache_size)
-        self.dim = _check_dim("dim", dim)
+        self.dim = check_positive_int(dim, "dim")
         scale = _as_vector(init_scale, dim, "init_scale")
         if not bool((scale > 0).all()):
             raise ValueError(f"init_scale must be positive, got {scale}")
@@ -213,7 +210,7 @@ class ConditionalElementwiseAffine(ConditionalTransformModule):
     Args:
         dim: ``D``.
         context_dim: ``C`` (contexts of shape ``(*, C)``).
-        hidden_dims: hidden sizes of ``h`` (ELU activations).
+        hidden_dims: hidden sizes of ``h`` (ELU activations; an int is one hidden layer).
         init_loc: starting ``loc``.
         init_scale: starting scale, positive.
     """
@@ -222,15 +219,15 @@ class ConditionalElementwiseAffine(ConditionalTransformModule):
         self,
         dim: int,
         context_dim: int,
-        hidden_dims: Sequence[int] = (32,),
+        hidden_dims: int | Sequence[int] = (32,),
         *,
         init_loc: Tensor | float = 0.0,
         init_scale: Tensor | float = 1.0,
     ) -> None:
         super().__init__()
-        self.dim = _check_dim("dim", dim)
-        self.context_dim = _check_dim("context_dim", context_dim)
-        sizes = [context_dim, *(_check_dim("hidden_dims entries", h) for h in hidden_dims)]
+        self.dim = check_positive_int(dim, "dim")
+        self.context_dim = check_positive_int(context_dim, "context_dim")
+        sizes = [context_dim, *check_hidden(hidden_dims, "hidden_dims")]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [nn.Linear(a, b), nn.ELU()]
@@ -263,24 +260,6 @@ class ConditionalElementwiseAffine(ConditionalTransformModule):
         )
 
 
-# -- the inverse direction -------------------------------------------------------------------
-class InverseBlockTransformModule(BlockTransformModule):
-    """A block with its directions swapped: Pyro's ``_call`` is the block's *inverse*.
-
-    For residual blocks this puts the solve on sampling and the explicit ``x + g(x)`` on
-    ``log_prob`` (density estimation, where data are scored far more often than sampled).
-    Built by :func:`flow_stack` with ``explicit="score"``.
-    """
-
-    _swapped = True
-
-
-class ConditionalInverseBlockTransformModule(ConditionalBlockTransformModule):
-    """Conditional version of :class:`InverseBlockTransformModule`."""
-
-    _unconditioned = InverseBlockTransformModule
-
-
 # -- recipes ---------------------------------------------------------------------------------
 def recipe_options(
     input_dim: int, family: str = "impflow", options: BlockOptions | None = None, **changes: Any
@@ -307,7 +286,7 @@ def recipe_options(
         >>> type(recipe_options(3, "impflow").solver).__name__
         'Anderson'
     """
-    _check_dim("input_dim", input_dim)
+    check_positive_int(input_dim, "input_dim")
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     opts = make_options(options, changes)
@@ -329,16 +308,13 @@ def _check_recipe(family: str, blocks: int | None, explicit: str) -> int:
         raise ValueError(f"explicit must be 'sample' or 'score', got {explicit!r}")
     if blocks is None:
         return DEFAULT_BLOCKS[family]
-    return _check_dim("blocks", blocks)
+    return check_positive_int(blocks, "blocks")
 
 
-def _hidden(hidden_dims: Sequence[int] | None, input_dim: int) -> list[int]:
+def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
     if hidden_dims is None:
         return [max(32, 4 * input_dim)] * 2
-    sizes = list(hidden_dims)
-    for h in sizes:
-        _check_dim("hidden_dims entries", h)
-    return sizes
+    return check_hidden(hidden_dims, "hidden_dims")
 
 
 def _start_at_identity(block: InvertibleBlock) -> InvertibleBlock:
@@ -354,7 +330,7 @@ def flow_stack(
     input_dim: int,
     family: str = "impflow",
     blocks: int | None = None,
-    hidden_dims: Sequence[int] | None = None,
+    hidden_dims: int | Sequence[int] | None = None,
     *,
     init_loc: Tensor | float = 0.0,
     init_scale: Tensor | float = 1.0,
@@ -396,7 +372,7 @@ def flow_stack(
         >>> torch.allclose(q.log_prob(z), dist.Normal(torch.zeros(3), 1.0).to_event(1).log_prob(z))
         True
     """
-    _check_dim("input_dim", input_dim)
+    check_positive_int(input_dim, "input_dim")
     n_blocks = _check_recipe(family, blocks, explicit)
     hidden = _hidden(hidden_dims, input_dim)
     opts = recipe_options(input_dim, family, options, **changes)
@@ -421,9 +397,9 @@ def conditional_flow_stack(
     context_dim: int,
     family: str = "impflow",
     blocks: int | None = None,
-    hidden_dims: Sequence[int] | None = None,
+    hidden_dims: int | Sequence[int] | None = None,
     *,
-    context_hidden_dims: Sequence[int] | None = None,
+    context_hidden_dims: int | Sequence[int] | None = None,
     init_loc: Tensor | float = 0.0,
     init_scale: Tensor | float = 1.0,
     explicit: Explicit = "sample",
@@ -440,7 +416,7 @@ def conditional_flow_stack(
         context_dim: ``C`` (contexts of shape ``(*, C)``).
         family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
         blocks: number of blocks (default as :func:`flow_stack`).
-        hidden_dims: hidden sizes of every block network.
+        hidden_dims: hidden sizes of every block network (an int is one hidden layer).
         context_hidden_dims: hidden sizes of the affine layers' context networks (default
             ``hidden_dims[:1]``).
         init_loc: starting location of the last affine layer.
@@ -460,11 +436,15 @@ def conditional_flow_stack(
         >>> q.rsample((4,)).shape
         torch.Size([4, 2])
     """
-    _check_dim("input_dim", input_dim)
-    _check_dim("context_dim", context_dim)
+    check_positive_int(input_dim, "input_dim")
+    check_positive_int(context_dim, "context_dim")
     n_blocks = _check_recipe(family, blocks, explicit)
     hidden = _hidden(hidden_dims, input_dim)
-    ctx_hidden = hidden[:1] if context_hidden_dims is None else list(context_hidden_dims)
+    ctx_hidden = (
+        hidden[:1]
+        if context_hidden_dims is None
+        else check_hidden(context_hidden_dims, "context_hidden_dims")
+    )
     opts = recipe_options(input_dim, family, options, **changes)
     wrap = (
         ConditionalBlockTransformModule
@@ -488,6 +468,14 @@ def conditional_flow_stack(
     return ConditionalComposeTransformModule(parts, cache_size=1)
 
 
+_NO_CLOSED_FORM = (
+    "AutoFlowStack: a flow guide has no closed-form {what} (its density is a normal pushed "
+    "through nonlinear blocks; the base's {what} does not map to the guide's). Estimate it from "
+    "samples: samples = pyro.infer.Predictive(model, guide=guide, num_samples=1000)"
+    "(*model_args), then {how} for each latent site"
+)
+
+
 # -- the autoguide ---------------------------------------------------------------------------
 class AutoFlowStack(AutoContinuous):
     r"""An autoguide ``q(z) = T_# N(0, I)`` with ``T`` a :func:`flow_stack`, started at the
@@ -504,7 +492,8 @@ class AutoFlowStack(AutoContinuous):
         model: a Pyro model.
         family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
         blocks: number of blocks (default: 2 ImpFlow or 4 residual blocks).
-        hidden_dims: hidden sizes of every network (default two layers of ``max(32, 4 D)``).
+        hidden_dims: hidden sizes of every network, an int for one hidden layer (default two
+            layers of ``max(32, 4 D)``).
         init_loc_fn: per-site initialisation (Pyro's ``init_to_median`` by default).
         init_scale: starting scale of the guide, positive (``AutoNormal`` uses 0.1).
         explicit: ``"sample"`` (default) or ``"score"``, as in :func:`flow_stack`.
@@ -526,7 +515,7 @@ class AutoFlowStack(AutoContinuous):
         model: Callable[..., Any],
         family: str = "impflow",
         blocks: int | None = None,
-        hidden_dims: Sequence[int] | None = None,
+        hidden_dims: int | Sequence[int] | None = None,
         *,
         init_loc_fn: Callable[..., Any] = init_to_median,
         init_scale: float = 0.1,
@@ -544,7 +533,9 @@ class AutoFlowStack(AutoContinuous):
         self._stack_args: dict[str, Any] = {
             "family": family,
             "blocks": blocks,
-            "hidden_dims": None if hidden_dims is None else list(hidden_dims),
+            "hidden_dims": None
+            if hidden_dims is None
+            else check_hidden(hidden_dims, "hidden_dims"),
             "explicit": explicit,
             "options": options,
             **changes,
@@ -580,16 +571,29 @@ class AutoFlowStack(AutoContinuous):
         store = pyro.get_param_store()
         for name, param in transform.named_parameters():
             fullname = param_with_module_name(prefix, name)
-            if fullname in store and store[fullname].shape != param.shape:
+            held = store[fullname] if fullname in store else None
+            if held is not None and (held.shape, held.dtype) != (param.shape, param.dtype):
                 raise ValueError(
                     f"AutoFlowStack: the parameter store holds {fullname!r} with shape "
-                    f"{tuple(store[fullname].shape)}, but this guide's parameter has shape "
-                    f"{tuple(param.shape)}: another guide of the same name used the store. "
-                    "Call pyro.clear_param_store() or build the guides as submodules with "
-                    "different names"
+                    f"{tuple(held.shape)} and dtype {held.dtype}, but this guide's parameter "
+                    f"has shape {tuple(param.shape)} and dtype {param.dtype}: another guide of "
+                    "the same name used the store. Call pyro.clear_param_store() or build the "
+                    "guides as submodules with different names"
                 )
         pyro.module(prefix, transform, update_module_params=True)
         return transform
+
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Not available: see the error's advice (sample, then take the median)."""
+        raise NotImplementedError(
+            _NO_CLOSED_FORM.format(what="median", how="samples[site].median(0).values")
+        )
+
+    def quantiles(self, quantiles: Any, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Not available: see the error's advice (sample, then take quantiles)."""
+        raise NotImplementedError(
+            _NO_CLOSED_FORM.format(what="quantiles", how="torch.quantile(samples[site], q, dim=0)")
+        )
 
     def _transform(self) -> ComposeTransformModule:
         if self.transform is None:

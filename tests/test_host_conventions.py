@@ -207,3 +207,22 @@ def test_mismatched_dtypes_are_refused_clearly() -> None:
     block = resflow_block(3, [8]).float()
     with pytest.raises(TypeError, match="move the block"):
         block.forward_and_logdet(torch.randn(2, 3, dtype=torch.float64))
+
+
+def test_flow_moved_to_float64_names_the_base_distribution_when_sampling() -> None:
+    """nflows' StandardNormal samples in the default dtype whatever ``flow.to`` did: the error
+    names that cause (not 'move the block to float32'), and its advice works."""
+    torch.set_default_dtype(torch.float32)  # the conftest fixture restores float64
+    flow = Flow(
+        CompositeTransform([ResFlowTransform(2, [8]), ImpFlowTransform(2, [8])]),
+        StandardNormal([2]),
+    )
+    assert flow.sample(3).dtype == torch.float32  # float32 stays fine
+    flow = flow.to(torch.float64)
+    with pytest.raises(TypeError, match=r"base distribution.*set_default_dtype\(torch\.float64\)"):
+        flow.sample(3)
+    torch.set_default_dtype(torch.float64)
+    assert flow.sample(3).dtype == torch.float64
+    noise = torch.randn(3, 2, dtype=torch.float32)
+    samples, _ = flow._transform.inverse(noise.to(torch.float64))
+    assert samples.dtype == torch.float64

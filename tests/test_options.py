@@ -166,3 +166,97 @@ def test_pyro_helpers_default_to_lipswish_for_guides(family: str) -> None:
         assert _summary(make(activation="sin"))["activation"] == {"Sine"}, name
         assert _summary(make(options=BlockOptions(activation="sin")))["activation"] == {"Sine"}
     assert _summary(_entry_points(family)["nflows"]())["activation"] != {"LipSwish"}
+
+
+# -- common mistakes get one clear error in every entry point ---------------------------------
+
+
+def _sized_entry_points(family: str) -> dict[str, tuple[Callable[..., InvertibleBlock], str, str]]:
+    """``name -> (make(shape, hidden), name of the shape argument, name of the hidden one)``."""
+    from implicit_transforms.plugins.pyro_guides import flow_stack
+
+    return {
+        "factory": (lambda s, h: FACTORIES[family](s, h), "event_shape", "hidden"),
+        "build_block": (lambda s, h: build_block(family, s, h), "event_shape", "hidden"),
+        "nflows": (lambda s, h: NFLOWS[family](s, h).block, "features", "hidden_features"),
+        "pyro": (lambda s, h: PYRO[family](s, h).block, "input_dim", "hidden_dims"),
+        "pyro-conditional": (
+            lambda s, h: PYRO_CONDITIONAL[family](s, 2, h).block,
+            "input_dim",
+            "hidden_dims",
+        ),
+        "flow_stack": (
+            lambda s, h: flow_stack(s, family, blocks=1, hidden_dims=h).parts[0].block,
+            "input_dim",
+            "hidden_dims",
+        ),
+    }
+
+
+def _layer_sizes(block: InvertibleBlock) -> list[tuple[int, int]]:
+    return [
+        (m.in_features, m.out_features) for m in block.modules() if isinstance(m, SpectralLinear)
+    ]
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_an_int_hidden_size_is_one_hidden_layer_everywhere(family: str) -> None:
+    for name, (make, _, _) in _sized_entry_points(family).items():
+        sizes = _layer_sizes(make(3, 16))
+        assert sizes == _layer_sizes(make(3, [16])), name
+        assert sizes[:2] == [(3, 16), (16, 3)], name
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_bad_sizes_name_the_argument_everywhere(family: str) -> None:
+    for name, (make, shape_arg, hidden_arg) in _sized_entry_points(family).items():
+        with pytest.raises(TypeError, match=rf"{shape_arg} must be .*got 2\.0 \(float\)"):
+            make(2.0, [8])
+        with pytest.raises(TypeError, match=rf"{hidden_arg} must be a positive int or a sequence"):
+            make(3, "16")
+        with pytest.raises(TypeError, match=rf"{hidden_arg} must be .*got an entry 8\.0"):
+            make(3, [8.0])
+        with pytest.raises(ValueError, match=rf"{hidden_arg} must be .*got an entry 0"):
+            make(3, [8, 0])
+        if not name.startswith(("pyro", "flow_stack")):  # Pyro's convention: None = default
+            with pytest.raises(TypeError, match=rf"{hidden_arg} must be .*got None"):
+                make(3, None)
+    with pytest.raises(ValueError, match=r"features must be .*\(C, H, W\).*got \(2, 4\)"):
+        NFLOWS[family]((2, 4), 8)
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+@pytest.mark.parametrize(
+    ("field", "cls"),
+    [
+        ("solver", Broyden),
+        ("adjoint_solver", FixedPoint),
+        ("logdet_train", ExactLogDet),
+        ("logdet_eval", ExactLogDet),
+    ],
+)
+def test_a_class_where_an_instance_is_expected_is_refused(
+    family: str, field: str, cls: type
+) -> None:
+    message = rf"{field}: pass {cls.__name__}\(\) \(an instance\), got the class {cls.__name__}"
+    with pytest.raises(TypeError, match=message):
+        BlockOptions(**{field: cls})
+    for make in _entry_points(family).values():
+        with pytest.raises(TypeError, match=message):
+            make(**{field: cls})
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_coeff_takes_numpy_and_zero_d_tensor_scalars(family: str) -> None:
+    np = pytest.importorskip("numpy")
+    for value in (np.float32(0.9), np.float64(0.8), torch.tensor(0.7), np.int64(0) + 0.5):
+        expected = float(value)
+        for name, make in _entry_points(family).items():
+            assert _summary(make(coeff=value))["coeff"] == {expected}, name
+        assert type(BlockOptions(coeff=value).coeff) is float
+    for bad in (True, np.bool_(True), torch.tensor([0.5, 0.5]), "0.9", 0.5j):
+        with pytest.raises(TypeError, match="coeff must be a float in"):
+            BlockOptions(coeff=bad)
+    for outside in (np.float32(1.0), torch.tensor(0.0), -0.5):
+        with pytest.raises(ValueError, match=r"coeff must be in \(0, 1\)"):
+            BlockOptions(coeff=outside)

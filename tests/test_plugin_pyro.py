@@ -272,3 +272,109 @@ def test_sampling_skips_the_logdet_and_scoring_stays_exact() -> None:
     with torch.no_grad():
         lp_solved = q.log_prob(z.clone())  # cache miss: inverse solve, then the log-det
     assert torch.allclose(lp, lp_solved, atol=1e-9)
+
+
+# -- FlowDistribution means what TransformedDistribution means ---------------------------------
+
+
+def _perturbed(module):  # type: ignore[no-untyped-def]
+    """Move every parameter away from its start (flow stacks start as the identity)."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return module
+
+
+def _flow_kinds() -> dict[str, object]:
+    from implicit_transforms.plugins.pyro import (
+        ConditionalInverseBlockTransformModule,
+        InverseBlockTransformModule,
+        conditional_flow_stack,
+        flow_stack,
+    )
+
+    ctx = torch.randn(3)
+    stack = flow_stack(2, "resflow", blocks=2, hidden_dims=[8])
+    score_stack = flow_stack(2, "impflow", blocks=1, hidden_dims=[8], explicit="score")
+    conditional = conditional_flow_stack(2, 3, "resflow", blocks=2, hidden_dims=[8])
+    return {
+        "blocks": [resflow(2, [8]), impflow(2, [8]).block],
+        "inverse": [InverseBlockTransformModule(resflow(2, [8]).block)],
+        "inverse-impflow": [InverseBlockTransformModule(impflow(2, [8]).block), resflow(2, [8])],
+        "conditional-inverse": [
+            ConditionalInverseBlockTransformModule(conditional_resflow(2, 3, [8]).block).condition(
+                ctx
+            )
+        ],
+        "flow_stack": _perturbed(stack),
+        "flow_stack-score": [_perturbed(score_stack)],
+        "conditional_flow_stack": _perturbed(conditional).condition(ctx),
+        "torch-transforms": [
+            dist.transforms.AffineTransform(0.5, 2.0, event_dim=1),
+            resflow(2, [8]).inv,
+            dist.transforms.TanhTransform(),
+            ComposeTransformModule([impflow(2, [8]), Permute(torch.tensor([1, 0]))]),
+        ],
+    }
+
+
+FLOW_KINDS = list(_flow_kinds())
+
+
+def _eval(transforms) -> None:  # type: ignore[no-untyped-def]
+    for t in transforms if isinstance(transforms, list) else [transforms]:
+        if isinstance(t, torch.distributions.transforms._InverseTransform):
+            t = t.inv
+        if isinstance(t, torch.nn.Module):
+            t.eval()
+        for part in getattr(t, "parts", []):
+            if isinstance(part, torch.nn.Module):
+                part.eval()
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_flow_distribution_is_the_transformed_distribution(kind: str) -> None:
+    """Same shapes, samples (fixed seed), reparameterised samples and log-densities as Pyro's
+    TransformedDistribution; the one-pass log q is its log_prob of the sample. Every value is
+    scored through fresh tensors, so no cache answers in place of an inverse."""
+    transforms = _flow_kinds()[kind]
+    _eval(transforms)
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    parts = transforms if isinstance(transforms, list) else [transforms]
+    td = dist.TransformedDistribution(
+        base,
+        [
+            p if isinstance(p, torch.distributions.Transform) else BlockTransformModule(p)
+            for p in parts
+        ],
+    )
+    fd = FlowDistribution(base, transforms)
+    assert (fd.batch_shape, fd.event_shape) == (td.batch_shape, td.event_shape)
+
+    torch.manual_seed(1)
+    s_fd = fd.sample((6,))
+    torch.manual_seed(1)
+    s_td = td.sample((6,))
+    assert torch.allclose(s_fd, s_td, atol=1e-12, rtol=0)
+
+    torch.manual_seed(2)
+    r_fd = fd.rsample((6,))
+    torch.manual_seed(2)
+    r_td = td.rsample((6,))
+    assert torch.allclose(r_fd, r_td, atol=1e-12, rtol=0)
+
+    z = s_td.clone()
+    assert torch.allclose(fd.log_prob(z.clone()), td.log_prob(z.clone()), atol=1e-8, rtol=0)
+
+    z, log_q = fd.rsample_and_log_prob((6,))
+    assert log_q.shape == (6,)
+    assert torch.allclose(log_q, td.log_prob(z.detach().clone()), atol=1e-7, rtol=0)
+
+
+def test_flow_distribution_refuses_what_it_cannot_mean() -> None:
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    with pytest.raises(TypeError, match=r"call \.condition\(context\) on it first"):
+        FlowDistribution(base, [conditional_resflow(2, 3, [8])])
+    with pytest.raises(TypeError, match=r"blocks or BlockTransformModules .*got Linear"):
+        FlowDistribution(base, [resflow(2, [8]), torch.nn.Linear(2, 2)])

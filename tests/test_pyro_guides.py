@@ -37,6 +37,7 @@ FAMILIES = ["impflow", "resflow", "iresnet"]
 def _clear_param_store():  # type: ignore[no-untyped-def]
     pyro.clear_param_store()
     yield
+    pyro.clear_param_store()  # leave no float64 parameters for a later test's guide to adopt
 
 
 def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
@@ -414,9 +415,15 @@ def test_a_stale_parameter_store_gives_a_clear_error() -> None:
         pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
 
     AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])()  # D = 2
-    message = r"with shape \(8, 2\), but this guide's parameter has shape \(8, 3\).*clear_param"
+    message = r"with shape \(8, 2\) .*, but this guide's parameter has shape \(8, 3\).*clear_param"
     with pytest.raises(ValueError, match=message):
         AutoFlowStack(model3, "resflow", blocks=1, hidden_dims=[8])()  # D = 3, same names
+    pyro.clear_param_store()
+    AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])()  # float64
+    torch.set_default_dtype(torch.float32)  # the conftest fixture restores float64
+    message = r"dtype torch\.float64, but .* dtype torch\.float32.*clear_param"
+    with pytest.raises(ValueError, match=message):
+        AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])()
 
 
 @_QUIET_JIT
@@ -440,3 +447,30 @@ def test_flow_distribution_sample_uses_the_maps_alone() -> None:
     torch.manual_seed(3)
     r, _ = fd.rsample_and_log_prob((4,))
     assert not s.requires_grad and torch.allclose(s, r.detach())
+
+
+def test_certify_before_the_first_call_says_to_run_the_guide() -> None:
+    from implicit_transforms.lipschitz import certify
+
+    for guide in (
+        AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8]),
+        AutoNormalizingFlow(_gaussian_model, lambda d: flow_stack(d, "resflow", blocks=1)),
+    ):
+        with pytest.raises(ValueError, match=r"run the guide once first .*then certify"):
+            certify(guide)
+        guide()
+        assert certify(guide).contractive
+
+
+def test_median_and_quantiles_explain_what_to_do_instead() -> None:
+    guide = AutoFlowStack(_gaussian_model, "resflow", blocks=1, hidden_dims=[8])
+    guide()
+    with pytest.raises(NotImplementedError, match=r"no closed-form median.*median\(0\)\.values"):
+        guide.median()
+    with pytest.raises(NotImplementedError, match=r"no closed-form quantiles.*torch\.quantile"):
+        guide.quantiles([0.25, 0.75])
+    # the advice works
+    samples = Predictive(_gaussian_model, guide=guide, num_samples=50, return_sites=["z"])()
+    z = samples["z"]
+    assert z.median(0).values.shape == z.shape[1:]
+    assert torch.quantile(z, torch.tensor([0.25, 0.75]), dim=0).shape == (2, *z.shape[1:])

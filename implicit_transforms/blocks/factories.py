@@ -11,6 +11,7 @@ from implicit_transforms.blocks.implicit import ImplicitBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options, training_logdet_doc
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
+from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
 __all__ = [
     "BlockFactory",
@@ -32,25 +33,26 @@ def lipschitz_net(
 ) -> LipschitzNet:
     """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
 
-    ``hidden`` is the list of hidden sizes (MLP) or the number of hidden channels (CNN; a
-    sequence uses its first entry).
+    ``hidden`` is the list of hidden sizes (MLP; an int is one hidden layer) or the number of
+    hidden channels (CNN; a sequence uses its first entry).
     """
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    shape = check_event_shape(event_shape, "event_shape")
+    sizes = check_hidden(hidden, "hidden")
+    if context_features is not None:
+        check_positive_int(context_features, "context_features")
     if len(shape) == 1:
-        sizes = [hidden] if isinstance(hidden, int) else list(hidden)
         return LipschitzMLP(
             shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
         )
-    if len(shape) == 3:
-        channels = hidden if isinstance(hidden, int) else int(next(iter(hidden)))
-        return LipschitzCNN(
-            shape[0],
-            channels,
-            coeff=coeff,
-            activation=activation,
-            context_features=context_features,
-        )
-    raise ValueError(f"event_shape must be (D,) or (C, H, W), got {shape}")
+    if not sizes:
+        raise ValueError("hidden must give the hidden channels of a CNN (C, H, W), got []")
+    return LipschitzCNN(
+        shape[0],
+        sizes[0],
+        coeff=coeff,
+        activation=activation,
+        context_features=context_features,
+    )
 
 
 def build_block(
@@ -67,7 +69,7 @@ def build_block(
     Args:
         family: which paper configuration fills the unset options.
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
         context_features: size of a context that enters as an additive bias, if any.
         options: a :class:`BlockOptions` (default: all family defaults).
         **changes: fields of :class:`BlockOptions` to change (``coeff=0.9``,
@@ -75,7 +77,14 @@ def build_block(
 
     Returns:
         A :class:`ResidualBlock` (iresnet, resflow) or an :class:`ImplicitBlock` (impflow).
+
+    Raises:
+        TypeError, ValueError: a bad ``event_shape`` (an int or ``(D,)`` / ``(C, H, W)``),
+            ``hidden`` (a positive int or a sequence of them), ``context_features`` or option,
+            naming the argument.
     """
+    check_event_shape(event_shape, "event_shape")
+    check_hidden(hidden, "hidden")
     opts = make_options(options, changes).resolve(family, event_shape)
     nets = [
         lipschitz_net(
@@ -124,7 +133,7 @@ _ARGS_DOC = """
 
     Args:
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
         context_features: size of a context that enters as an additive bias, if any.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change:

@@ -22,6 +22,7 @@ from implicit_transforms.logdet import (
     RouletteLogDet,
 )
 from implicit_transforms.solvers import Broyden, FixedPoint, OnFailure, Solver, SolverConfig
+from implicit_transforms.validation import check_instance, check_positive_int, real_scalar
 
 __all__ = [
     "FAMILIES",
@@ -103,7 +104,7 @@ class BlockOptions:
 
     Attributes:
         coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer (iresnet 0.9,
-            resflow/impflow 0.97).
+            resflow/impflow 0.97); any real scalar (numpy, 0-d tensor), stored as a float.
         activation: ``"lipswish"``, ``"sin"`` or ``"elu"`` (iresnet ELU, others sine; see
             :data:`FAMILIES` for the measurements behind it).
         solver: root solver of the implicit direction(s) (residual blocks: fixed point;
@@ -143,13 +144,16 @@ class BlockOptions:
 
     def __post_init__(self) -> None:
         if self.coeff is not None:
-            check_coeff(self.coeff)
+            # numpy and 0-d torch scalars are numbers too; stored as a float
+            coeff = real_scalar(self.coeff, "coeff", "a float in (0, 1)")
+            object.__setattr__(self, "coeff", check_coeff(coeff))
         if self.activation is not None and self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
         for name in ("solver", "adjoint_solver", "logdet_train", "logdet_eval"):
             value = getattr(self, name)
+            check_instance(value, name)
             if value is not None and not callable(value):
                 raise TypeError(f"{name} must be callable, got {type(value).__name__}")
         if self.on_failure is not None and self.on_failure not in ("raise", "warn", "ignore"):
@@ -158,10 +162,8 @@ class BlockOptions:
             )
         for name in ("n_probes", "n_exact_terms", "n_terms"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            if value is not None:
+                object.__setattr__(self, name, check_positive_int(value, name))
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be a bool, got {type(self.compile).__name__}")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):

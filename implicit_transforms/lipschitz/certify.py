@@ -194,7 +194,8 @@ def certify(module: Any, input_size: tuple[int, int] | None = None) -> Certifica
     Raises:
         TypeError: a layer with no known bound, or an object that is neither a module nor a
             distribution with transforms.
-        ValueError: a model without any Lipschitz network, or a convolution that never ran
+        ValueError: a model without any Lipschitz network, a Pyro autoguide that was never
+            called (it builds its networks on its first call), or a convolution that never ran
             forward (its normalisation depends on the input size it first sees).
 
     Example:
@@ -204,6 +205,13 @@ def certify(module: Any, input_size: tuple[int, int] | None = None) -> Certifica
     """
     if isinstance(module, (LipschitzNet, nn.Sequential)):
         return _chain_certificate(module, input_size)
+    if isinstance(module, nn.Module) and getattr(module, "prototype_trace", False) is None:
+        # A Pyro autoguide builds its transform (and networks) on its first call.
+        raise ValueError(
+            f"certify: {type(module).__name__} has not built its networks yet (a Pyro autoguide "
+            "builds them on its first call): run the guide once first (guide(*model_args) or "
+            "one SVI step), then certify it"
+        )
     nets = lipschitz_networks(module)
     if not nets:
         if isinstance(module, nn.Module) and not list(module.children()):

@@ -52,6 +52,7 @@ from implicit_transforms.lipschitz.norms import (
     exact_operator_norm,
     gram,
 )
+from implicit_transforms.validation import real_scalar
 
 __all__ = [
     "EXACT_MAX_CHANNELS",
@@ -90,11 +91,7 @@ def check_coeff(coeff: float, name: str = "coeff") -> float:
         >>> check_coeff(0.9)
         0.9
     """
-    if isinstance(coeff, Tensor) and coeff.dim() == 0 and not coeff.is_complex():
-        coeff = coeff.item()
-    if isinstance(coeff, bool) or not hasattr(coeff, "__float__") or isinstance(coeff, complex):
-        raise TypeError(f"{name} must be a float in (0, 1), got {type(coeff).__name__}")
-    value = float(coeff)
+    value = real_scalar(coeff, name, "a float in (0, 1)")
     if not 0.0 < value < 1.0:
         raise ValueError(
             f"{name} must be in (0, 1) so that the residual map is invertible, got {coeff!r}"
