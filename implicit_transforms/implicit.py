@@ -21,12 +21,15 @@ import torch
 from torch import Tensor
 
 from implicit_transforms.errors import HigherOrderGradientError
-from implicit_transforms.solvers import Broyden, Solver, SolverResult
+from implicit_transforms.recipes.families import ADJOINT_SOLVER
+from implicit_transforms.solvers import Solver, SolverResult
 from implicit_transforms.solvers.result import WarmState
 
 __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
 
-DEFAULT_ADJOINT = Broyden(max_iter=200)
+DEFAULT_ADJOINT = ADJOINT_SOLVER
+"""The adjoint solver when none is given (its value lives in the assembly table,
+:data:`~implicit_transforms.recipes.ADJOINT_SOLVER`)."""
 """The adjoint solver used when none is given."""
 
 _NO_SECOND_DERIVATIVE = (

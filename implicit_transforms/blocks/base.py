@@ -16,25 +16,11 @@ from implicit_transforms.lipschitz.certify import certify
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.lipschitz.spectral import frozen_weights
 from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
+from implicit_transforms.recipes.families import EXACT_LOGDET_MAX_DIM, EXACT_LOGDET_TRAIN_MAX_DIM
 from implicit_transforms.solvers import Solver, SolverResult
 from implicit_transforms.validation import validating_inputs
 
 __all__ = ["EXACT_LOGDET_MAX_DIM", "EXACT_LOGDET_TRAIN_MAX_DIM", "InvertibleBlock"]
-
-EXACT_LOGDET_MAX_DIM = 64
-"""Events with at most this many elements are evaluated with the exact log-det by default."""
-
-EXACT_LOGDET_TRAIN_MAX_DIM = 3
-"""Events with at most this many elements are also *trained* with the exact log-det by default
-(:class:`~implicit_transforms.blocks.BlockOptions` gives the blocks of every entry point
-``logdet_train=ExactLogDet()`` unless an estimator or one of its settings is given): up to
-here a training step (forward and backward) with the exact log-det costs no more than with the
-family's stochastic estimator, and has no noise. Measured by ``benchmarks/exact_threshold.py``
-for ResFlow and ImpFlow blocks with the default networks of the factories / nflows transforms
-and of the Pyro helpers, one CPU thread: exact / roulette 0.92 to 1.05 at ``D = 2`` and
-``D = 3`` (parity within the runs' noise), 1.02 to 1.18 at ``D = 4``, 1.1 to 1.7 at ``D = 8``
-and 3 to 4 at ``D = 16`` (``benchmarks/README.md``). Larger events are trained with the
-family's estimator, whose value changes from call to call."""
 
 
 class InvertibleBlock(nn.Module):

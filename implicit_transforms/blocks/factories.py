@@ -8,10 +8,10 @@ from typing import Any, Protocol, TypeVar
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.implicit import ImplicitBlock
-from implicit_transforms.blocks.options import BlockOptions, make_options, training_logdet_doc
+from implicit_transforms.blocks.options import BlockOptions, training_logdet_doc
 from implicit_transforms.blocks.residual import ResidualBlock
-from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
-from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
+from implicit_transforms.recipes.families import FACTORY_HIDDEN
+from implicit_transforms.recipes.spec import BlockSpec, lipschitz_net
 
 __all__ = [
     "BlockFactory",
@@ -23,53 +23,23 @@ __all__ = [
 ]
 
 
-def lipschitz_net(
-    event_shape: int | Sequence[int],
-    hidden: int | Sequence[int] = (64, 64),
-    *,
-    coeff: float = 0.97,
-    activation: str = "lipswish",
-    context_features: int | None = None,
-) -> LipschitzNet:
-    """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
-
-    ``hidden`` is the list of hidden sizes (MLP; an int is one hidden layer) or the number of
-    hidden channels (CNN; a sequence uses its first entry).
-    """
-    shape = check_event_shape(event_shape, "event_shape")
-    sizes = check_hidden(hidden, "hidden")
-    if context_features is not None:
-        check_positive_int(context_features, "context_features")
-    if len(shape) == 1:
-        return LipschitzMLP(
-            shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
-        )
-    if not sizes:
-        raise ValueError("hidden must give the hidden channels of a CNN (C, H, W), got []")
-    return LipschitzCNN(
-        shape[0],
-        sizes[0],
-        coeff=coeff,
-        activation=activation,
-        context_features=context_features,
-    )
-
-
 def build_block(
     family: str,
     event_shape: int | Sequence[int],
-    hidden: int | Sequence[int] = (64, 64),
+    hidden: int | Sequence[int] = FACTORY_HIDDEN,
     *,
     context_features: int | None = None,
     options: BlockOptions | None = None,
     **changes: Any,
 ) -> InvertibleBlock:
-    """A block of ``family`` (``"iresnet"``, ``"resflow"`` or ``"impflow"``).
+    """A block of ``family`` (``"iresnet"``, ``"resflow"`` or ``"impflow"``):
+    ``BlockSpec.from_options(...).build()`` (:class:`~implicit_transforms.recipes.BlockSpec`).
 
     Args:
-        family: which paper configuration fills the unset options.
+        family: which table entry (:data:`~implicit_transforms.recipes.FAMILIES`) fills the
+            unset options.
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
-        hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
         context_features: size of a context that enters as an additive bias, if any.
         options: a :class:`BlockOptions` (default: all family defaults).
         **changes: fields of :class:`BlockOptions` to change (``coeff=0.9``,
@@ -82,32 +52,15 @@ def build_block(
         TypeError, ValueError: a bad ``event_shape`` (an int or ``(D,)`` / ``(C, H, W)``),
             ``hidden`` (a positive int or a sequence of them), ``context_features`` or option,
             naming the argument.
+
+    Example:
+        >>> type(build_block("impflow", 2, [8])).__name__
+        'ImplicitBlock'
     """
-    check_event_shape(event_shape, "event_shape")
-    check_hidden(hidden, "hidden")
-    opts = make_options(options, changes).resolve(family, event_shape)
-    nets = [
-        lipschitz_net(
-            event_shape,
-            hidden,
-            coeff=opts.coeff,
-            activation=opts.activation,
-            context_features=context_features,
-        )
-        for _ in range(2 if family == "impflow" else 1)
-    ]
-    if opts.compile:
-        for net in nets:
-            net.compile_evaluation()
-    common: dict[str, Any] = {
-        "solver": opts.solver,
-        "adjoint_solver": opts.adjoint_solver,
-        "logdet_train": opts.logdet_train,
-        "logdet_eval": opts.logdet_eval,
-    }
-    if family == "impflow":
-        return ImplicitBlock(*nets, **common)
-    return ResidualBlock(nets[0], **common)
+    spec = BlockSpec.from_options(
+        family, event_shape, hidden, context_features=context_features, options=options, **changes
+    )
+    return spec.build()
 
 
 _B_co = TypeVar("_B_co", bound=InvertibleBlock, covariant=True)
@@ -119,7 +72,7 @@ class BlockFactory(Protocol[_B_co]):
     def __call__(
         self,
         event_shape: int | Sequence[int],
-        hidden: int | Sequence[int] = (64, 64),
+        hidden: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         context_features: int | None = None,
         options: BlockOptions | None = None,
@@ -146,7 +99,7 @@ _ARGS_DOC = """
 def _factory(family: str, summary: str) -> BlockFactory[Any]:
     def factory(
         event_shape: int | Sequence[int],
-        hidden: int | Sequence[int] = (64, 64),
+        hidden: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         context_features: int | None = None,
         options: BlockOptions | None = None,

@@ -9,8 +9,10 @@ from torch import Tensor
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.lipschitz.networks import LipschitzNet
-from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
-from implicit_transforms.solvers import Broyden, Solver, rowwise
+from implicit_transforms.logdet import LogDetEstimator
+from implicit_transforms.recipes.families import FAMILIES
+from implicit_transforms.recipes.registry import make_logdet
+from implicit_transforms.solvers import Solver, rowwise
 
 __all__ = ["ImplicitBlock"]
 
@@ -55,10 +57,12 @@ class ImplicitBlock(InvertibleBlock):
         adjoint_solver: Solver | None = None,
     ) -> None:
         super().__init__()
-        self._init_block([net_x, net_z], logdet_train or RouletteLogDet(), logdet_eval)
+        self._init_block(
+            [net_x, net_z], logdet_train or make_logdet(FAMILIES["impflow"].series), logdet_eval
+        )
         self.net_x = net_x
         self.net_z = net_z
-        self.solver: Solver = solver or Broyden()
+        self.solver: Solver = solver or FAMILIES["impflow"].solver("raise")
         self.adjoint_solver: Solver = adjoint_solver or adjoint_for(self.solver)
 
     @staticmethod

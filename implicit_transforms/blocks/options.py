@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from implicit_transforms.blocks.base import EXACT_LOGDET_TRAIN_MAX_DIM
-from implicit_transforms.implicit import DEFAULT_ADJOINT
 from implicit_transforms.lipschitz.activations import ACTIVATIONS
 from implicit_transforms.lipschitz.spectral import check_coeff
 from implicit_transforms.logdet import (
@@ -21,7 +19,13 @@ from implicit_transforms.logdet import (
     PowerSeriesLogDet,
     RouletteLogDet,
 )
-from implicit_transforms.solvers import Broyden, FixedPoint, OnFailure, Solver, SolverConfig
+from implicit_transforms.recipes.families import (
+    ADJOINT_SOLVER,
+    EXACT_LOGDET_TRAIN_MAX_DIM,
+    FAMILIES,
+    Family,
+)
+from implicit_transforms.solvers import OnFailure, Solver
 from implicit_transforms.validation import check_instance, check_positive_int, real_scalar
 
 __all__ = [
@@ -35,46 +39,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Family:
-    """The paper configuration of a block family: the defaults :class:`BlockOptions` fills.
-
-    Attributes:
-        name: ``"iresnet"``, ``"resflow"`` or ``"impflow"``.
-        coeff: Lipschitz coefficient of every layer.
-        activation: name of the 1-Lipschitz activation.
-        solver: builds the default solver from a failure policy.
-        series: ``"power-series"`` (truncated, i-ResNet) or ``"roulette"`` (unbiased,
-            Neumann gradient, Residual Flows and ImpFlow) training log-det.
-    """
-
-    name: str
-    coeff: float
-    activation: str
-    solver: Callable[[OnFailure], SolverConfig]
-    series: Literal["power-series", "roulette"]
-
-
-FAMILIES: dict[str, Family] = {
-    "iresnet": Family("iresnet", 0.9, "elu", lambda p: FixedPoint(on_failure=p), "power-series"),
-    "resflow": Family("resflow", 0.97, "sin", lambda p: FixedPoint(on_failure=p), "roulette"),
-    "impflow": Family("impflow", 0.97, "sin", lambda p: Broyden(on_failure=p), "roulette"),
-}
-"""The three block families and their defaults: the papers' configurations, except the
-activation of ResFlow and ImpFlow, chosen by measurement. Residual Flows' LipSwish starts
-almost linear on standardised data and stalls on the Gaussian fit; ``sin(2 pi x) / (2 pi)``
-does not (800 Adam steps, ``[64, 64]`` networks, test bits, LipSwish vs sine: moons 3.54 vs
-2.67 (ImpFlow-4) and 3.45 vs 2.68 (ResFlow-8), 8 Gaussians 2.90 vs 2.12 (ImpFlow-4); the
-checkerboard after 1500 steps 6.46 vs 5.40 (ImpFlow-4); see ``benchmarks/README.md``). Pass
-``activation="lipswish"`` for the paper's networks."""
-
-
 def adjoint_for(solver: Solver, on_failure: OnFailure | None = None) -> Solver:
     """The default adjoint solver for a forward ``solver``: Broyden with the forward solver's
     failure policy (or ``on_failure`` when given), so "warn" in the forward pass also warns in
     the backward pass."""
     policy = on_failure or getattr(solver, "on_failure", None) or "raise"
-    return DEFAULT_ADJOINT.replace(on_failure=policy)
+    return ADJOINT_SOLVER.replace(on_failure=policy)
 
 
 @dataclass(frozen=True)
@@ -236,21 +206,21 @@ class BlockOptions:
             shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
             if math.prod(shape) <= EXACT_LOGDET_TRAIN_MAX_DIM:
                 return ExactLogDet()
-        probes = 1 if self.n_probes is None else self.n_probes
+        probes = fam.n_probes if self.n_probes is None else self.n_probes
         if fam.series == "power-series":
             if self.n_exact_terms is not None:
                 raise ValueError(
                     f"n_exact_terms configures the roulette estimator of resflow/impflow; the "
                     f"{fam.name} power series takes n_terms"
                 )
-            terms = 5 if self.n_terms is None else self.n_terms
+            terms = fam.n_terms if self.n_terms is None else self.n_terms
             return PowerSeriesLogDet(terms, probes, generator=self.generator)
         if self.n_terms is not None:
             raise ValueError(
                 f"n_terms configures the truncated power series of iresnet; the {fam.name} "
                 "roulette estimator takes n_exact_terms"
             )
-        exact_terms = 2 if self.n_exact_terms is None else self.n_exact_terms
+        exact_terms = fam.n_exact_terms if self.n_exact_terms is None else self.n_exact_terms
         return RouletteLogDet(
             Geometric(0.5, exact_terms), probes, gradient="neumann", generator=self.generator
         )

@@ -9,8 +9,10 @@ from torch import Tensor
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.lipschitz.networks import LipschitzNet
-from implicit_transforms.logdet import LogDetEstimator, RouletteLogDet
-from implicit_transforms.solvers import FixedPoint, Rowwise, Solver, rowwise
+from implicit_transforms.logdet import LogDetEstimator
+from implicit_transforms.recipes.families import FAMILIES
+from implicit_transforms.recipes.registry import make_logdet
+from implicit_transforms.solvers import Rowwise, Solver, rowwise
 
 __all__ = ["ResidualBlock"]
 
@@ -49,9 +51,11 @@ class ResidualBlock(InvertibleBlock):
         adjoint_solver: Solver | None = None,
     ) -> None:
         super().__init__()
-        self._init_block([net], logdet_train or RouletteLogDet(), logdet_eval)
+        self._init_block(
+            [net], logdet_train or make_logdet(FAMILIES["resflow"].series), logdet_eval
+        )
         self.net = net
-        self.solver: Solver = solver or FixedPoint()
+        self.solver: Solver = solver or FAMILIES["resflow"].solver("raise")
         self.adjoint_solver: Solver = adjoint_solver or adjoint_for(self.solver)
 
     def _g(self, context: Tensor | None) -> Callable[[Tensor], Tensor]:

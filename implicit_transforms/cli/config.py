@@ -20,45 +20,24 @@ from typing import Any
 from implicit_transforms.cli.data import DEFAULT_N_SAMPLES, TOY_DATASETS
 from implicit_transforms.data import MAF_DATASETS, REAL_DATASETS
 from implicit_transforms.images.data import IMAGE_DATASETS
+from implicit_transforms.recipes import (
+    FAMILIES,
+    IMAGE_ACTIVATION,
+    LOGDETS,
+    MODEL_PRESETS,
+    MODELS,
+)
+from implicit_transforms.recipes.registry import ACTIVATION_NAMES
+from implicit_transforms.recipes.registry import SOLVERS as SOLVER_CLASSES
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
 
-MODELS = ("impflow", "resflow", "iresnet", "rq-coupling", "rq-impflow")
-SOLVERS = ("broyden", "anderson", "fixed-point")
-LOGDETS = ("roulette", "power-series", "exact")
-ACTIVATIONS = ("lipswish", "sin", "elu")
-
-#: Per-model defaults for the fields left as ``None``. The trainer uses the sine activation
-#: ``sin(2 pi x) / (2 pi)`` for all three residual families: on standardised 2-D data the
-#: papers' LipSwish (and ELU) networks start almost linear, and 4-8 blocks sat on the Gaussian
-#: fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it at once.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "impflow": {"coeff": 0.97, "activation": "sin", "solver": "broyden", "logdet": "roulette"},
-    "resflow": {
-        "coeff": 0.97,
-        "activation": "sin",
-        "solver": "fixed-point",
-        "logdet": "roulette",
-    },
-    "iresnet": {
-        "coeff": 0.9,
-        "activation": "sin",
-        "solver": "fixed-point",
-        "logdet": "power-series",
-    },
-    "rq-coupling": {},
-    # nflows RQ coupling layers alternating with ImpFlow blocks (coupling first). Chosen by
-    # measurement as the default model (benchmarks/README.md, "the trainer's defaults"): on the
-    # checkerboard, 2 minutes of one CPU thread, the exact 2-D log-det and lr 2e-3 reach 5.05
-    # bits where ImpFlow-4 alone reaches 5.35-5.39 and the roulette estimator at lr 1e-3 5.15.
-    "rq-impflow": {
-        "coeff": 0.97,
-        "activation": "sin",
-        "solver": "broyden",
-        "logdet": "exact",
-        "lr": 2e-3,
-    },
-}
+SOLVERS = tuple(SOLVER_CLASSES)
+ACTIVATIONS = ACTIVATION_NAMES
+#: Per-model defaults for the fields left as ``None``: the assembly layer's presets (the
+#: families' table with the trainer's sine activation, and the ``rq-impflow`` mix chosen by
+#: measurement; see :data:`implicit_transforms.recipes.MODEL_PRESETS`).
+MODEL_DEFAULTS = MODEL_PRESETS
 _COMMON_DEFAULTS: dict[str, Any] = {"lr": 1e-3}
 #: Linear warm-up steps, or all of ``--steps`` when a run is shorter.
 DEFAULT_WARMUP = 100
@@ -66,7 +45,7 @@ DEFAULT_WARMUP = 100
 #: Image data sets change these defaults (the Residual Flows and ImpFlow image models use
 #: LipSwish networks) and fill the image-only settings.
 IMAGE_DEFAULTS: dict[str, Any] = {
-    "activation": "lipswish",
+    "activation": IMAGE_ACTIVATION,
     "scales": 2,
     "fc_blocks": 0,
     "dequantization": "uniform",
@@ -134,9 +113,13 @@ class TrainConfig:
     rtol: float | None = _f(None, "solver relative tolerance (same defaults)")
     max_iter: int | None = _f(None, "solver iteration limit (default: the solver's own)")
     logdet: str | None = _f(None, "log-det estimator used in training", choices=LOGDETS)
-    n_probes: int = _f(1, "Hutchinson probes per sample of the stochastic log-det")
-    n_exact_terms: int = _f(2, "roulette: series terms always evaluated")
-    n_terms: int = _f(5, "power series: number of terms")
+    n_probes: int = _f(
+        FAMILIES["resflow"].n_probes, "Hutchinson probes per sample of the stochastic log-det"
+    )
+    n_exact_terms: int = _f(
+        FAMILIES["resflow"].n_exact_terms, "roulette: series terms always evaluated"
+    )
+    n_terms: int = _f(FAMILIES["iresnet"].n_terms, "power series: number of terms")
     bins: int = _f(8, "rq-coupling: spline bins")
     tail_bound: float = _f(3.0, "rq-coupling: splines act on [-B, B] (standardised units)")
     compile: bool = _f(False, "evaluate the Lipschitz networks through torch.compile")

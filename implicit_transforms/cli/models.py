@@ -28,15 +28,10 @@ from torch import Tensor, nn
 from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock, build_block
 from implicit_transforms.cli.config import TrainConfig
 from implicit_transforms.images import VariationalDequantizer, dequantize
-from implicit_transforms.logdet import (
-    ExactLogDet,
-    Geometric,
-    LogDetEstimator,
-    PowerSeriesLogDet,
-    RouletteLogDet,
-)
+from implicit_transforms.logdet import LogDetEstimator, PowerSeriesLogDet
 from implicit_transforms.plugins.nflows import BlockTransform, image_flow
-from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, Solver
+from implicit_transforms.recipes import registry
+from implicit_transforms.solvers import Solver
 
 __all__ = [
     "DensityModel",
@@ -80,28 +75,23 @@ class Standardize(Transform):
 
 
 def make_solver(cfg: TrainConfig) -> Solver:
-    """The solver named by ``cfg.solver`` with the configured tolerances."""
-    kwargs: dict[str, float | int] = {}
-    for name in ("atol", "rtol", "max_iter"):
-        if getattr(cfg, name) is not None:
-            kwargs[name] = getattr(cfg, name)
-    classes: dict[str | None, type] = {
-        "broyden": Broyden,
-        "anderson": Anderson,
-        "fixed-point": FixedPoint,
-    }
-    solver: Solver = classes[cfg.solver](**kwargs)
-    return solver
+    """The solver named by ``cfg.solver`` with the configured tolerances (names: the assembly
+    layer's registry)."""
+    if cfg.solver is None:
+        raise ValueError("make_solver needs a resolved config: pass cfg.resolved()")
+    return registry.make_solver(cfg.solver, atol=cfg.atol, rtol=cfg.rtol, max_iter=cfg.max_iter)
 
 
 def make_logdet(cfg: TrainConfig, generator: torch.Generator) -> LogDetEstimator:
     """The training log-det estimator named by ``cfg.logdet``, drawing from ``generator``."""
-    if cfg.logdet == "exact":
-        return ExactLogDet()
-    if cfg.logdet == "power-series":
-        return PowerSeriesLogDet(cfg.n_terms, cfg.n_probes, generator=generator)
-    return RouletteLogDet(
-        Geometric(0.5, cfg.n_exact_terms), cfg.n_probes, gradient="neumann", generator=generator
+    if cfg.logdet is None:
+        raise ValueError("make_logdet needs a resolved config: pass cfg.resolved()")
+    return registry.make_logdet(
+        cfg.logdet,
+        n_terms=cfg.n_terms,
+        n_probes=cfg.n_probes,
+        n_exact_terms=cfg.n_exact_terms,
+        generator=generator,
     )
 
 

@@ -1,0 +1,156 @@
+r"""Every default of the library, in one table: the block families and what each entry point
+adds to them.
+
+Each number or name here is read by every entry point that needs it (the factories, the
+blocks' constructors, the nflows transforms, the Pyro helpers and recipes, ``image_flow``,
+the command line); none of them restates a default. Where two entry points use different
+values for the same setting, both are here, side by side, with the measurement behind each.
+
+This module imports only the numerics (solvers, estimators): the blocks and the hosts import
+it, never the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, OnFailure, SolverConfig
+
+__all__ = [
+    "ADJOINT_SOLVER",
+    "EXACT_LOGDET_MAX_DIM",
+    "EXACT_LOGDET_TRAIN_MAX_DIM",
+    "FACTORY_HIDDEN",
+    "FAMILIES",
+    "GUIDE_ACTIVATION",
+    "IMAGE_ACTIVATION",
+    "TRAINER_ACTIVATION",
+    "Family",
+    "helper_hidden",
+    "recipe_hidden",
+    "recipe_solver",
+]
+
+
+@dataclass(frozen=True)
+class Family:
+    """The paper configuration of a block family: the defaults
+    :class:`~implicit_transforms.blocks.BlockOptions` fills.
+
+    Attributes:
+        name: ``"iresnet"``, ``"resflow"`` or ``"impflow"``.
+        coeff: Lipschitz coefficient of every layer.
+        activation: name of the 1-Lipschitz activation.
+        solver: builds the default solver from a failure policy.
+        series: ``"power-series"`` (truncated, i-ResNet) or ``"roulette"`` (unbiased,
+            Neumann gradient, Residual Flows and ImpFlow) training log-det.
+        networks: residual networks per block (1 for the residual families, 2 for ImpFlow).
+        n_terms: terms of the default truncated series (``series == "power-series"``).
+        n_exact_terms: terms the default roulette estimator always evaluates.
+        n_probes: Hutchinson probes per sample of the default estimators.
+
+    Example:
+        >>> FAMILIES["impflow"].solver("raise")
+        Broyden(atol=None, rtol=None, max_iter=100, on_failure='raise', history=40, line_search='none', jacobian_guess=1.0, max_backtracks=8, max_growth=100.0, check_every=None)
+    """
+
+    name: str
+    coeff: float
+    activation: str
+    solver: Callable[[OnFailure], SolverConfig]
+    series: Literal["power-series", "roulette"]
+    networks: int = 1
+    n_terms: int = 5
+    n_exact_terms: int = 2
+    n_probes: int = 1
+
+
+FAMILIES: dict[str, Family] = {
+    "iresnet": Family("iresnet", 0.9, "elu", lambda p: FixedPoint(on_failure=p), "power-series"),
+    "resflow": Family("resflow", 0.97, "sin", lambda p: FixedPoint(on_failure=p), "roulette"),
+    "impflow": Family(
+        "impflow", 0.97, "sin", lambda p: Broyden(on_failure=p), "roulette", networks=2
+    ),
+}
+"""The three block families and their defaults: the papers' configurations, except the
+activation of ResFlow and ImpFlow, chosen by measurement. Residual Flows' LipSwish starts
+almost linear on standardised data and stalls on the Gaussian fit; ``sin(2 pi x) / (2 pi)``
+does not (800 Adam steps, ``[64, 64]`` networks, test bits, LipSwish vs sine: moons 3.54 vs
+2.67 (ImpFlow-4) and 3.45 vs 2.68 (ResFlow-8), 8 Gaussians 2.90 vs 2.12 (ImpFlow-4); the
+checkerboard after 1500 steps 6.46 vs 5.40 (ImpFlow-4); see ``benchmarks/README.md``). Pass
+``activation="lipswish"`` for the paper's networks."""
+
+ADJOINT_SOLVER = Broyden(max_iter=200)
+"""The solver of the implicit-gradient (adjoint) linear systems when none is given; blocks
+give it their forward solver's failure policy
+(:func:`~implicit_transforms.blocks.adjoint_for`)."""
+
+EXACT_LOGDET_MAX_DIM = 64
+"""Events of at most this many elements use the exact log-det in evaluation mode (and in the
+Pyro recipes, in training too: their ELBO gradient has no estimator noise then)."""
+
+EXACT_LOGDET_TRAIN_MAX_DIM = 3
+"""Events with at most this many elements are also *trained* with the exact log-det by default
+(:class:`~implicit_transforms.blocks.BlockOptions` gives the blocks of every entry point
+``logdet_train=ExactLogDet()`` unless an estimator or one of its settings is given): up to
+here a training step (forward and backward) with the exact log-det costs no more than with the
+family's stochastic estimator, and has no noise. Measured by ``benchmarks/exact_threshold.py``
+for ResFlow and ImpFlow blocks with the default networks of the factories / nflows transforms
+and of the Pyro helpers, one CPU thread: exact / roulette 0.92 to 1.05 at ``D = 2`` and
+``D = 3`` (parity within the runs' noise), 1.02 to 1.18 at ``D = 4``, 1.1 to 1.7 at ``D = 8``
+and 3 to 4 at ``D = 16`` (``benchmarks/README.md``). Larger events are trained with the
+family's estimator, whose value changes from call to call."""
+
+FACTORY_HIDDEN = (64, 64)
+"""Hidden sizes of the factories (:func:`~implicit_transforms.blocks.impflow_block`, ...) and
+the nflows transforms when none are given."""
+
+
+def helper_hidden(features: int) -> list[int]:
+    """Hidden sizes of the bare Pyro helpers (``resflow``/``impflow``/``iresnet``): two
+    layers of ``max(16, 8 D)`` (one block alone carries the whole guide).
+
+    Example:
+        >>> helper_hidden(3)
+        [24, 24]
+    """
+    return [max(16, 8 * features)] * 2
+
+
+def recipe_hidden(features: int) -> list[int]:
+    """Hidden sizes of the Pyro recipes' blocks (``flow_stack``, ``AutoFlowStack``): two
+    layers of ``max(32, 4 D)``, the width ``benchmarks/vi.py`` measured best at equal cost.
+
+    Example:
+        >>> recipe_hidden(100)
+        [400, 400]
+    """
+    return [max(32, 4 * features)] * 2
+
+
+def recipe_solver(on_failure: OnFailure) -> SolverConfig:
+    """The Pyro recipes' ImpFlow solver: Anderson acceleration (same cost per training step
+    as Broyden, 1.1x to 2.5x faster sampling in ``benchmarks/vi.py``).
+
+    Example:
+        >>> type(recipe_solver("raise")).__name__
+        'Anderson'
+    """
+    return Anderson(on_failure=on_failure)
+
+
+GUIDE_ACTIVATION = "lipswish"
+"""The activation of the Pyro helpers and recipes (variational guides): ``benchmarks/vi.py``
+measured the opposite of the density benchmarks there (LipSwish +0.61 nats on the funnel over
+sine)."""
+
+TRAINER_ACTIVATION = "sin"
+"""The command line's activation for vector data, every family (i-ResNet included): on
+standardised 2-D data LipSwish and ELU networks start almost linear and sat on the Gaussian
+fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it at once."""
+
+IMAGE_ACTIVATION = "lipswish"
+"""The activation of image flows (``image_flow``, the command line on images): the Residual
+Flows and ImpFlow image models' LipSwish."""
