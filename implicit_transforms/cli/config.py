@@ -190,6 +190,9 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_json`; unknown keys are an error (a typo must not pass)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        # The blocks' spec is written beside the settings (see ``block_spec``); it is checked
+        # against the settings by the command line, not a setting itself.
+        data = {k: v for k, v in data.items() if k != "block_spec"}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"config: unknown setting(s) {unknown}")

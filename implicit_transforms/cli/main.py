@@ -34,6 +34,7 @@ from implicit_transforms.cli.data import TOY_DATASETS
 from implicit_transforms.cli.distributed import World, setup, teardown
 from implicit_transforms.cli.evaluation import SolveLog, sample
 from implicit_transforms.cli.figures import save_image_grid
+from implicit_transforms.cli.models import block_spec
 from implicit_transforms.cli.report import load_weights, write_report
 from implicit_transforms.cli.rundir import RunDir, json_text
 from implicit_transforms.cli.session import Session
@@ -224,8 +225,10 @@ def _train_in(
     else:
         run = resumed
     session = Session.create(cfg, device=args.device, world=world)
+    if resumed is not None:
+        _check_block_spec(run, session)
     if world.main:
-        run.config.write_text(json_text(cfg.to_json()))
+        run.config.write_text(json_text({**cfg.to_json(), "block_spec": _spec_of(session)}))
         procs = f" in {world.size} processes" if world.distributed else ""
         span = (
             f"from step {done} to {cfg.steps} ({cfg.steps - done} more steps)"
@@ -280,6 +283,33 @@ def _default_name(cfg: TrainConfig) -> str:
     return f"{stem}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _spec_of(session: Session) -> dict[str, Any] | None:
+    """The JSON spec of the blocks a vector session built (``None`` for images and
+    coupling-only models)."""
+    if session.splits is None:
+        return None
+    spec = block_spec(session.cfg, session.splits.features)
+    return None if spec is None else spec.to_dict()
+
+
+def _check_block_spec(run: RunDir, session: Session) -> None:
+    """Refuse to load a run whose stored block spec differs from what its settings build now
+    (a library default changed since it was trained): the weights would meet other solvers or
+    estimators than they were trained with."""
+    try:
+        stored = json.loads(run.config.read_text()).get("block_spec")
+    except (OSError, json.JSONDecodeError):  # pragma: no cover - TrainConfig.load read it
+        return
+    now = _spec_of(session)
+    if stored is not None and now is not None and stored != json.loads(json_text(now)):
+        changed = sorted(k for k in now if stored.get(k) != json.loads(json_text(now)).get(k))
+        raise _UsageError(
+            f"run {str(run.root)!r} was trained with blocks {json.dumps(stored)}, but its settings "
+            f"now build different ones (changed: {', '.join(changed)}): the library's defaults "
+            "changed since; use the version it was trained with"
+        )
+
+
 def _load_run(args: argparse.Namespace) -> tuple[Session, RunDir, dict[str, Any]]:
     run = RunDir(args.run_dir)
     run.require(run.config)
@@ -290,6 +320,7 @@ def _load_run(args: argparse.Namespace) -> tuple[Session, RunDir, dict[str, Any]
         stored = dataclasses.replace(stored, warmup=stored.steps)
     cfg = stored.resolved()
     session = Session.create(cfg, device=args.device)
+    _check_block_spec(run, session)
     info = load_weights(session, run, args.checkpoint)
     return session, run, info
 

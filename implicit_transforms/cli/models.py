@@ -25,17 +25,18 @@ from nflows.transforms import (
 from nflows.utils import create_alternating_binary_mask
 from torch import Tensor, nn
 
-from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock, build_block
+from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock
 from implicit_transforms.cli.config import TrainConfig
 from implicit_transforms.images import VariationalDequantizer, dequantize
 from implicit_transforms.logdet import LogDetEstimator, PowerSeriesLogDet
 from implicit_transforms.plugins.nflows import BlockTransform, image_flow
-from implicit_transforms.recipes import registry
+from implicit_transforms.recipes import EVAL_SERIES, BlockSpec, registry
 from implicit_transforms.solvers import Solver
 
 __all__ = [
     "DensityModel",
     "Standardize",
+    "block_spec",
     "blocks_of",
     "build_flow",
     "build_image_flow",
@@ -82,7 +83,7 @@ def make_solver(cfg: TrainConfig) -> Solver:
     return registry.make_solver(cfg.solver, atol=cfg.atol, rtol=cfg.rtol, max_iter=cfg.max_iter)
 
 
-def make_logdet(cfg: TrainConfig, generator: torch.Generator) -> LogDetEstimator:
+def make_logdet(cfg: TrainConfig, generator: torch.Generator | None) -> LogDetEstimator:
     """The training log-det estimator named by ``cfg.logdet``, drawing from ``generator``."""
     if cfg.logdet is None:
         raise ValueError("make_logdet needs a resolved config: pass cfg.resolved()")
@@ -95,8 +96,53 @@ def make_logdet(cfg: TrainConfig, generator: torch.Generator) -> LogDetEstimator
     )
 
 
+def block_spec(
+    cfg: TrainConfig, features: int, generator: torch.Generator | None = None
+) -> BlockSpec | None:
+    """The :class:`~implicit_transforms.recipes.BlockSpec` of the residual or implicit blocks of
+    the vector model ``cfg`` describes (``None`` for ``rq-coupling``): what ``config.json``
+    stores under ``"block_spec"``.
+
+    Args:
+        cfg: a :meth:`TrainConfig.resolved` config.
+        features: the data dimension ``D``.
+        generator: randomness of the stochastic log-det estimators (not part of the spec).
+    """
+    if cfg.model == "rq-coupling":
+        return None
+    if (
+        cfg.model is None
+        or cfg.coeff is None
+        or cfg.activation is None
+        or cfg.solver is None
+        or cfg.logdet is None
+    ):
+        raise ValueError("block_spec needs a resolved config: pass cfg.resolved()")
+    logdet_eval = None
+    # A high-precision estimate for evaluating large events, unless the exact log-det was
+    # asked for (the blocks then use it in evaluation too).
+    if features > EXACT_LOGDET_MAX_DIM and cfg.logdet != "exact":
+        terms, probes = EVAL_SERIES
+        logdet_eval = PowerSeriesLogDet(terms, probes, generator=generator)
+    return BlockSpec.from_options(
+        "impflow" if cfg.model == "rq-impflow" else cfg.model,
+        features,
+        list(cfg.hidden),
+        coeff=cfg.coeff,
+        activation=cfg.activation,
+        solver=make_solver(cfg),
+        logdet_train=make_logdet(cfg, generator),
+        logdet_eval=logdet_eval,
+        compile=cfg.compile,
+    )
+
+
 def build_flow(
-    cfg: TrainConfig, mean: Tensor, std: Tensor, generator: torch.Generator | None = None
+    cfg: TrainConfig,
+    mean: Tensor,
+    std: Tensor,
+    generator: torch.Generator | None = None,
+    spec: BlockSpec | None = None,
 ) -> Flow:
     """The nflows ``Flow`` described by a resolved ``cfg`` for data with statistics ``mean``, ``std``.
 
@@ -105,6 +151,7 @@ def build_flow(
         mean: ``(D,)`` training means.
         std: ``(D,)`` training standard deviations.
         generator: randomness of the stochastic log-det estimators (``None``: a new one).
+        spec: the blocks' spec (default :func:`block_spec` of ``cfg``).
     """
     features = int(mean.shape[0])
     generator = generator or torch.Generator(device=mean.device)
@@ -118,30 +165,10 @@ def build_flow(
         if cfg.model == "rq-impflow" and i % 2 == 0:  # couplings alternate their masks
             layers.append(_rq_coupling(cfg, features, even=i % 4 == 0))
             continue
-        logdet_eval = None
-        # A high-precision estimate for evaluating large events, unless the exact log-det was
-        # asked for (the blocks then use it in evaluation too).
-        if features > EXACT_LOGDET_MAX_DIM and cfg.logdet != "exact":
-            logdet_eval = PowerSeriesLogDet(30, 8, generator=generator)
-        if (
-            cfg.model is None
-            or cfg.coeff is None
-            or cfg.activation is None
-            or cfg.solver is None
-            or cfg.logdet is None
-        ):
-            raise ValueError("build_flow needs a resolved config: pass cfg.resolved()")
-        block = build_block(
-            "impflow" if cfg.model == "rq-impflow" else cfg.model,
-            features,
-            list(cfg.hidden),
-            coeff=cfg.coeff,
-            activation=cfg.activation,
-            solver=make_solver(cfg),
-            logdet_train=make_logdet(cfg, generator),
-            logdet_eval=logdet_eval,
-            compile=cfg.compile,
-        )
+        spec = spec or block_spec(cfg, features, generator)
+        if spec is None:  # pragma: no cover - rq-coupling continues above
+            raise ValueError(f"model {cfg.model!r} has no residual or implicit blocks")
+        block = spec.build()
         layers.append(BlockTransform(block))
     return Flow(CompositeTransform(layers), StandardNormal([features]))
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from implicit_transforms.recipes.families import (
     ADJOINT_SOLVER,
+    EVAL_SERIES,
     EXACT_LOGDET_MAX_DIM,
     EXACT_LOGDET_TRAIN_MAX_DIM,
     FACTORY_HIDDEN,
@@ -36,6 +37,7 @@ from implicit_transforms.recipes.registry import (
 
 __all__ = [
     "ADJOINT_SOLVER",
+    "EVAL_SERIES",
     "EXACT_LOGDET_MAX_DIM",
     "EXACT_LOGDET_TRAIN_MAX_DIM",
     "FACTORY_HIDDEN",

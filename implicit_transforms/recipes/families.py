@@ -20,6 +20,7 @@ from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, OnFailure
 
 __all__ = [
     "ADJOINT_SOLVER",
+    "EVAL_SERIES",
     "EXACT_LOGDET_MAX_DIM",
     "EXACT_LOGDET_TRAIN_MAX_DIM",
     "FACTORY_HIDDEN",
@@ -102,6 +103,11 @@ and of the Pyro helpers, one CPU thread: exact / roulette 0.92 to 1.05 at ``D = 
 ``D = 3`` (parity within the runs' noise), 1.02 to 1.18 at ``D = 4``, 1.1 to 1.7 at ``D = 8``
 and 3 to 4 at ``D = 16`` (``benchmarks/README.md``). Larger events are trained with the
 family's estimator, whose value changes from call to call."""
+
+EVAL_SERIES = (30, 8)
+"""``(n_terms, n_probes)`` of the truncated series the command line evaluates events larger
+than :data:`EXACT_LOGDET_MAX_DIM` with (unless trained with the exact log-det): a
+high-precision estimate (bias below ``power_series_bound(c, 30, D)``)."""
 
 FACTORY_HIDDEN = (64, 64)
 """Hidden sizes of the factories (:func:`~implicit_transforms.blocks.impflow_block`, ...) and
