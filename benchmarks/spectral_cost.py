@@ -2,21 +2,32 @@
 against the round-1 policy (one power iteration when the weight's version counter changes,
 which several optimisers bypass), measured interleaved in one process.
 
-    .venv/bin/python benchmarks/spectral_cost.py [--repeats 30]
+    .venv/bin/python benchmarks/spectral_cost.py [--repeats 30] [--out DIR] [--smoke]
 
-Prints the median step time of each model under both policies and their ratio.
+Prints the median step time (process CPU time, ``_common.interleaved``) of each model under
+both policies and their ratio; writes ``spectral_cost.{json,md}`` (with the environment) to
+``--out`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
+from _common import (
+    RESULTS,
+    Timed,
+    environment,
+    interleaved,
+    markdown_table,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
@@ -103,30 +114,47 @@ def models() -> dict[str, tuple[Flow, torch.Tensor, int]]:
     return out
 
 
+def round_one_step(flow: Flow, step: Callable[[], None]) -> Timed:
+    """A training step under the round-1 policy. Untimed around it: switching the policy on
+    and one step (the first step after switching re-estimates), then switching back and one
+    step (switching back re-estimates too)."""
+    stack = ExitStack()
+
+    def switch_on() -> None:
+        stack.enter_context(round_one_policy(flow))
+        step()
+
+    def switch_off() -> None:
+        stack.close()
+        step()
+
+    return Timed(step, before=switch_on, after=switch_off)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = parser(__doc__)
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    print("| model | current (ms/step) | round-1 policy (ms/step) | ratio |\n|---|---|---|---|")
+    if args.smoke:
+        args.repeats = 1
+    out = output_folder(args, RESULTS, "spectral_cost")
+    one_thread()
+    env = environment()
+    header = ["model", "current (ms/step)", "round-1 policy (ms/step)", "ratio"]
+    print(markdown_table(header, []))
+    rows = []
     for name, (flow, data, batch) in models().items():
         flow.train()
         step = step_fn(flow, data, batch)
-        for _ in range(3):
-            step()
-        times: dict[str, list[float]] = {"current": [], "old": []}
-        for _ in range(args.repeats):  # interleaved, so that load changes hit both alike
-            t0 = time.perf_counter()
-            step()
-            times["current"].append(time.perf_counter() - t0)
-            with round_one_policy(flow):
-                step()  # the first step after switching re-estimates: not timed
-                t0 = time.perf_counter()
-                step()
-                times["old"].append(time.perf_counter() - t0)
-            step()  # switching back re-estimates too: not timed
-        new, old = (1e3 * statistics.median(times[k]) for k in ("current", "old"))
-        print(f"| {name} | {new:.1f} | {old:.1f} | {new / old:.3f} |", flush=True)
+        # interleaved, so that load changes hit both alike
+        fns = {"current": step, "old": round_one_step(flow, step)}
+        t = interleaved(fns, args.repeats, warmup=1 if args.smoke else 3)
+        new, old = 1e3 * t["current"], 1e3 * t["old"]
+        rows.append([name, f"{new:.1f}", f"{old:.1f}", f"{new / old:.3f}"])
+        print("| " + " | ".join(rows[-1]) + " |", flush=True)
+    write_json(out / "spectral_cost.json", {"repeats": args.repeats, "rows": rows}, env)
+    write_markdown(out / "spectral_cost.md", markdown_table(header, rows), env)
+    print(f"wrote {out / 'spectral_cost.json'}")
 
 
 if __name__ == "__main__":
