@@ -16,10 +16,22 @@ training threshold (``implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pyro.distributions as pdist
 import torch
+from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
+from implicit_transforms.plugins.pyro import impflow, resflow
+from nflows.distributions import StandardNormal
+from nflows.flows import Flow
+from torch import Tensor, nn
+
+from implicit_transforms.logdet import ExactLogDet, Geometric, RouletteLogDet
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     RESULTS,
     Timed,
@@ -32,13 +44,6 @@ from _common import (
     write_json,
     write_markdown,
 )
-from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
-from implicit_transforms.plugins.pyro import impflow, resflow
-from nflows.distributions import StandardNormal
-from nflows.flows import Flow
-from torch import Tensor, nn
-
-from implicit_transforms.logdet import ExactLogDet, Geometric, RouletteLogDet
 
 BATCH = 256
 

@@ -11,11 +11,22 @@ both policies and their ratio; writes ``spectral_cost.{json,md}`` (with the envi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
+from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
+from nflows.distributions import StandardNormal
+from nflows.flows import Flow
+from nflows.transforms import ActNorm, CompositeTransform
+
+from implicit_transforms.lipschitz import SpectralConv2d, SpectralLinear
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     RESULTS,
     Timed,
@@ -28,12 +39,6 @@ from _common import (
     write_json,
     write_markdown,
 )
-from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
-from nflows.distributions import StandardNormal
-from nflows.flows import Flow
-from nflows.transforms import ActNorm, CompositeTransform
-
-from implicit_transforms.lipschitz import SpectralConv2d, SpectralLinear
 
 
 @contextmanager
@@ -84,28 +89,29 @@ def step_fn(flow: Flow, data: torch.Tensor, batch: int) -> Callable[[], None]:
     return step
 
 
-def models() -> dict[str, tuple[Flow, torch.Tensor, int]]:
+def models(hidden: int = 128, channels: int = 32) -> dict[str, tuple[Flow, torch.Tensor, int]]:
+    """The measured flows (``hidden`` units per dense layer, ``channels`` per convolution)."""
     torch.manual_seed(0)
     out: dict[str, tuple[Flow, torch.Tensor, int]] = {}
     layers: list[Any] = []
     for _ in range(4):
-        layers += [ActNorm(2), ImpFlowTransform(2, [128, 128], activation="sin")]
-    out["ImpFlow-4, 2-D, [128,128], batch 256"] = (
+        layers += [ActNorm(2), ImpFlowTransform(2, [hidden, hidden], activation="sin")]
+    out[f"ImpFlow-4, 2-D, [{hidden},{hidden}], batch 256"] = (
         Flow(CompositeTransform(layers), StandardNormal([2])),
         torch.randn(4096, 2),
         256,
     )
     layers = []
     for _ in range(8):
-        layers += [ActNorm(2), ResFlowTransform(2, [128, 128], activation="sin")]
-    out["ResFlow-8, 2-D, [128,128], batch 256"] = (
+        layers += [ActNorm(2), ResFlowTransform(2, [hidden, hidden], activation="sin")]
+    out[f"ResFlow-8, 2-D, [{hidden},{hidden}], batch 256"] = (
         Flow(CompositeTransform(layers), StandardNormal([2])),
         torch.randn(4096, 2),
         256,
     )
-    out["ResFlow-4, images 4x4x4, 32 channels, batch 64"] = (
+    out[f"ResFlow-4, images 4x4x4, {channels} channels, batch 64"] = (
         Flow(
-            CompositeTransform([ResFlowTransform((4, 4, 4), 32) for _ in range(4)]),
+            CompositeTransform([ResFlowTransform((4, 4, 4), channels) for _ in range(4)]),
             StandardNormal([4, 4, 4]),
         ),
         torch.randn(1024, 4, 4, 4),
@@ -143,7 +149,8 @@ def main() -> None:
     header = ["model", "current (ms/step)", "round-1 policy (ms/step)", "ratio"]
     print(markdown_table(header, []))
     rows = []
-    for name, (flow, data, batch) in models().items():
+    sizes = {"hidden": 8, "channels": 4} if args.smoke else {}
+    for name, (flow, data, batch) in models(**sizes).items():
         flow.train()
         step = step_fn(flow, data, batch)
         # interleaved, so that load changes hit both alike

@@ -11,9 +11,17 @@ Prints the table and writes steep_1d.json (with the environment), steep_1d.md an
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
+from torch import nn
+
+from implicit_transforms import InvertibleBlock, impflow_block, resflow_block
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     RESULTS,
     environment,
@@ -23,9 +31,6 @@ from _common import (
     write_json,
     write_markdown,
 )
-from torch import nn
-
-from implicit_transforms import InvertibleBlock, impflow_block, resflow_block
 
 SLOPE = 10.0
 RADIUS = 1.0

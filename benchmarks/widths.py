@@ -32,6 +32,12 @@ import sys
 from pathlib import Path
 
 import torch
+
+from implicit_transforms.blocks import resflow_block
+from implicit_transforms.lipschitz import LipschitzCNN
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     RESULTS,
     environment,
@@ -42,9 +48,6 @@ from _common import (
     write_json,
     write_markdown,
 )
-
-from implicit_transforms.blocks import resflow_block
-from implicit_transforms.lipschitz import LipschitzCNN
 
 WIDTHS = [128, 256, 384, 512, 1024]
 CHANNELS = [64, 128, 256, 512]  # hidden channels of a LipschitzCNN on 16 image channels
