@@ -91,10 +91,6 @@ def build(name: str, args: argparse.Namespace) -> Flow:
                       level_transform=glow_level(args.glow_hidden, args.glow_steps))  # fmt: skip
 
 
-def params(model: torch.nn.Module) -> int:
-    return count_parameters(model, trainable_only=True)
-
-
 @torch.no_grad()
 def test_bits(flow: Flow, images: torch.Tensor, levels: int, draws: int, seed: int) -> torch.Tensor:
     """Per-image bits/dim averaged over ``draws`` uniform dequantisations, shape ``(N,)``."""
@@ -159,7 +155,7 @@ def main() -> None:
             "steps": 0,
             "curve": [],
         }
-        print(f"{name}: {params(flow)} parameters", flush=True)
+        print(f"{name}: {count_parameters(flow, trainable_only=True)} parameters", flush=True)
     n = len(train)
     while any(r["cpu"] < args.budget for r in runs.values()):
         for name, r in runs.items():
@@ -206,7 +202,7 @@ def main() -> None:
             recon = float((back - x0).abs().max())
         pictures[name] = grid(samples)
         results["models"][name] = {
-            "parameters": params(flow),
+            "parameters": count_parameters(flow, trainable_only=True),
             "steps": r["steps"],
             "cpu_seconds": round(r["cpu"], 1),
             "test_bits_per_dim": s.mean,

@@ -267,10 +267,6 @@ POSTERIORS: dict[str, Callable[[], Posterior]] = {
 
 
 # -- guides at equal parameter counts ------------------------------------------------------------
-def n_params(module: torch.nn.Module) -> int:
-    return count_parameters(module)
-
-
 def recipe_hidden(dim: int) -> int:
     """The width of every network of the recipes in this benchmark."""
     return max(32, 4 * dim)
@@ -318,7 +314,7 @@ def _count_after_setup(guide: Any) -> int:
     pyro.clear_param_store()
     with torch.no_grad():
         guide()
-    return n_params(guide)
+    return count_parameters(guide)
 
 
 def _solve_width(count: Callable[[int], int], budget: int, low: int) -> int:
@@ -428,7 +424,9 @@ def train_and_evaluate(
         se = float(finite.std() / math.sqrt(finite.numel()))
     else:
         elbo, se = -math.inf, math.nan
-    run = Run(post.name, name, optimizer, n_params(guide), elbo, se, seconds, diverged=diverged)
+    run = Run(
+        post.name, name, optimizer, count_parameters(guide), elbo, se, seconds, diverged=diverged
+    )
     if diverged is None and post.mean is not None and post.sd is not None:
         z = unconstrained_samples(post, guide, 10_000).double()
         m, s = z.mean(0), z.std(0)
