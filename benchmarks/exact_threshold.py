@@ -4,9 +4,11 @@ For each host's default networks (factories and nflows transforms: ``[64, 64]`` 
 helpers: ``2 x max(16, 8 D)`` LipSwish) and each event size ``D``, times one training step
 (forward and backward of ``log_prob``; batch 256, float32, one thread) of a single ResFlow or
 ImpFlow block with ``ExactLogDet`` and with the family's default Russian-roulette estimator,
-interleaved in one process, and prints the median of each and their ratio.
+interleaved in one process (``_common.interleaved``: medians of process CPU time), and prints
+the median of each and their ratio; writes ``exact_threshold.{json,md}`` (with the
+environment) to ``--out`` (default ``benchmarks/results``).
 
-    .venv/bin/python benchmarks/exact_threshold.py [--repeats 15] [--dims 2 4 8 ...]
+    .venv/bin/python benchmarks/exact_threshold.py [--repeats 15] [--dims 2 4 8 ...] [--smoke]
 
 The largest ``D`` at which exact costs no more than the estimator on every host is the
 training threshold (``implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM``).
@@ -14,10 +16,9 @@ training threshold (``implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM``).
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pyro.distributions as pdist
 import torch
@@ -28,6 +29,21 @@ from nflows.flows import Flow
 from torch import Tensor, nn
 
 from implicit_transforms.logdet import ExactLogDet, Geometric, RouletteLogDet
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    Timed,
+    environment,
+    interleaved,
+    markdown_table,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
 BATCH = 256
 
@@ -61,40 +77,45 @@ def pyro_step(family: str, dim: int, exact: bool) -> tuple[nn.Module, Callable[[
     return t, loss
 
 
-def time_step(model: nn.Module, loss: Callable[[], Tensor]) -> float:
-    model.zero_grad(set_to_none=True)
-    start = time.perf_counter()
-    loss().backward()
-    return time.perf_counter() - start
+def training_step(model: nn.Module, loss: Callable[[], Tensor]) -> Timed:
+    """Forward and backward of ``loss`` timed; zeroing the gradients is not."""
+    return Timed(lambda: loss().backward(), before=lambda: model.zero_grad(set_to_none=True))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128])
-    parser.add_argument("--hosts", nargs="+", default=["nflows", "pyro"])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    p = parser(__doc__)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 128])
+    p.add_argument("--hosts", nargs="+", default=["nflows", "pyro"], choices=["nflows", "pyro"])
+    args = p.parse_args()
+    if args.smoke:
+        args.repeats, args.dims = 1, [2]
+    out = output_folder(args, RESULTS, "exact_threshold")
+    one_thread()
+    env = environment()
     torch.manual_seed(0)
     builders = {"nflows": nflows_step, "pyro": pyro_step}
-    print("| host | block | D | exact (ms) | roulette (ms) | exact / roulette |")
-    print("|---|---|---|---|---|---|")
+    header = ["host", "block", "D", "exact (ms)", "roulette (ms)", "exact / roulette"]
+    print(markdown_table(header, []))
+    rows = []
     for host in args.hosts:
         for family in ("resflow", "impflow"):
             for dim in args.dims:
-                cases = [builders[host](family, dim, exact) for exact in (True, False)]
-                for case in cases:  # warm-up (spectral norms, first allocations)
-                    time_step(*case)
-                times: list[list[float]] = [[], []]
-                for _ in range(args.repeats):
-                    for i, case in enumerate(cases):
-                        times[i].append(time_step(*case))
-                exact_ms, est_ms = (1e3 * statistics.median(t) for t in times)
-                print(
-                    f"| {host} | {family} | {dim} | {exact_ms:.1f} | {est_ms:.1f} | "
-                    f"{exact_ms / est_ms:.2f} |",
-                    flush=True,
-                )
+                cases = {
+                    "exact": training_step(*builders[host](family, dim, True)),
+                    "roulette": training_step(*builders[host](family, dim, False)),
+                }
+                # one warm-up round (spectral norms, first allocations)
+                t = interleaved(cases, args.repeats, warmup=1)
+                exact_ms, est_ms = 1e3 * t["exact"], 1e3 * t["roulette"]
+                row = [host, family, dim, f"{exact_ms:.1f}", f"{est_ms:.1f}"]
+                row.append(f"{exact_ms / est_ms:.2f}")
+                rows.append(row)
+                print("| " + " | ".join(map(str, row)) + " |", flush=True)
+    settings = {"repeats": args.repeats, "dims": args.dims, "hosts": args.hosts, "batch": BATCH}
+    write_json(out / "exact_threshold.json", {"settings": settings, "rows": rows}, env)
+    write_markdown(out / "exact_threshold.md", markdown_table(header, rows), env)
+    print(f"wrote {out / 'exact_threshold.json'}")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,17 @@ alike. Data: 1,797 digits with 17 grey levels, uniform dequantisation, seeded sp
 numbers), averaged over ``--eval-draws`` dequantisation draws per image; standard error over
 images.
 
-    .venv/bin/python benchmarks/images.py --budget 600
+    .venv/bin/python benchmarks/images.py --budget 600 [--out DIR] [--smoke]
 
-writes ``benchmarks/results/images/{images.json, images.md, samples.png}``.
+writes ``benchmarks/results/images/{images.json, images.md, samples.png}`` (``--out``), with
+the environment.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,18 @@ from nflows.transforms import (
 
 from implicit_transforms.cli.evaluation import lipschitz_bound
 from implicit_transforms.images import bits_per_dim, dequantize, load_digits, summarize_bits
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    count_parameters,
+    environment,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
 HERE = Path(__file__).resolve().parent
 PAPER = "CIFAR-10, c = 0.9: ImpFlow (L=6) 3.452 vs ResFlow (L=12) 3.469 bits/dim"
@@ -78,10 +91,6 @@ def build(name: str, args: argparse.Namespace) -> Flow:
                       level_transform=glow_level(args.glow_hidden, args.glow_steps))  # fmt: skip
 
 
-def params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 @torch.no_grad()
 def test_bits(flow: Flow, images: torch.Tensor, levels: int, draws: int, seed: int) -> torch.Tensor:
     """Per-image bits/dim averaged over ``draws`` uniform dequantisations, shape ``(N,)``."""
@@ -107,24 +116,27 @@ def grid(images: torch.Tensor, rows: int = 8) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=600.0, help="CPU seconds per model")
-    parser.add_argument("--slice", type=float, default=20.0, help="seconds per round-robin turn")
-    parser.add_argument("--blocks", type=int, default=2, help="ImpFlow blocks per level")
-    parser.add_argument("--hidden", type=int, default=32, help="hidden channels of every CNN")
-    parser.add_argument("--glow-hidden", type=int, default=15)
-    parser.add_argument("--glow-steps", type=int, default=4)
-    parser.add_argument("--activation", default="lipswish")
-    parser.add_argument("--coeff", type=float, default=0.97)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-draws", type=int, default=8)
-    parser.add_argument("--models", nargs="+", default=["impflow", "resflow", "glow"])
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "images")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    p = parser(__doc__)
+    p.add_argument("--budget", type=float, default=600.0, help="CPU seconds per model")
+    p.add_argument("--slice", type=float, default=20.0, help="seconds per round-robin turn")
+    p.add_argument("--blocks", type=int, default=2, help="ImpFlow blocks per level")
+    p.add_argument("--hidden", type=int, default=32, help="hidden channels of every CNN")
+    p.add_argument("--glow-hidden", type=int, default=15)
+    p.add_argument("--glow-steps", type=int, default=4)
+    p.add_argument("--activation", default="lipswish")
+    p.add_argument("--coeff", type=float, default=0.97)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-draws", type=int, default=8)
+    p.add_argument("--models", nargs="+", default=["impflow", "resflow", "glow"])
+    args = p.parse_args()
+    if args.smoke:
+        args.budget, args.slice, args.blocks, args.hidden = 0.5, 0.5, 1, 4
+        args.glow_hidden, args.glow_steps, args.eval_draws = 4, 1, 1
+    args.out = output_folder(args, HERE / "results" / "images", "images")
+    one_thread()
+    env = environment()
     torch.set_default_dtype(torch.float32)
-    args.out.mkdir(parents=True, exist_ok=True)
     data = load_digits(val_fraction=0.1, test_fraction=0.2, seed=0)
     levels = data.levels
     train = data.train.float()
@@ -143,7 +155,7 @@ def main() -> None:
             "steps": 0,
             "curve": [],
         }
-        print(f"{name}: {params(flow)} parameters", flush=True)
+        print(f"{name}: {count_parameters(flow, trainable_only=True)} parameters", flush=True)
     n = len(train)
     while any(r["cpu"] < args.budget for r in runs.values()):
         for name, r in runs.items():
@@ -190,7 +202,7 @@ def main() -> None:
             recon = float((back - x0).abs().max())
         pictures[name] = grid(samples)
         results["models"][name] = {
-            "parameters": params(flow),
+            "parameters": count_parameters(flow, trainable_only=True),
             "steps": r["steps"],
             "cpu_seconds": round(r["cpu"], 1),
             "test_bits_per_dim": s.mean,
@@ -201,7 +213,7 @@ def main() -> None:
             "validation_curve": r["curve"],
         }
         print(f"{name}: test {s}", flush=True)
-    (args.out / "images.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_json(args.out / "images.json", results, env)
     lines = [
         "| model | test bits/dim (± s.e.) | parameters | steps | CPU s | max round-trip error | certified Lip |",
         "|---|---|---|---|---|---|---|",
@@ -214,7 +226,7 @@ def main() -> None:
             f"{m['round_trip_max_error']:.1e} | {'-' if lip is None else f'{lip:.3f}'} |"
         )
     table = "\n".join(lines) + "\n"
-    (args.out / "images.md").write_text(table)
+    write_markdown(args.out / "images.md", table, env)
     print(table)
     try:
         import matplotlib

@@ -2,18 +2,19 @@
 against the round-1 policy (one power iteration when the weight's version counter changes,
 which several optimisers bypass), measured interleaved in one process.
 
-    .venv/bin/python benchmarks/spectral_cost.py [--repeats 30]
+    .venv/bin/python benchmarks/spectral_cost.py [--repeats 30] [--out DIR] [--smoke]
 
-Prints the median step time of each model under both policies and their ratio.
+Prints the median step time (process CPU time, ``_common.interleaved``) of each model under
+both policies and their ratio; writes ``spectral_cost.{json,md}`` (with the environment) to
+``--out`` (default ``benchmarks/results``).
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,21 @@ from nflows.flows import Flow
 from nflows.transforms import ActNorm, CompositeTransform
 
 from implicit_transforms.lipschitz import SpectralConv2d, SpectralLinear
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    Timed,
+    environment,
+    interleaved,
+    markdown_table,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
 
 @contextmanager
@@ -73,28 +89,29 @@ def step_fn(flow: Flow, data: torch.Tensor, batch: int) -> Callable[[], None]:
     return step
 
 
-def models() -> dict[str, tuple[Flow, torch.Tensor, int]]:
+def models(hidden: int = 128, channels: int = 32) -> dict[str, tuple[Flow, torch.Tensor, int]]:
+    """The measured flows (``hidden`` units per dense layer, ``channels`` per convolution)."""
     torch.manual_seed(0)
     out: dict[str, tuple[Flow, torch.Tensor, int]] = {}
     layers: list[Any] = []
     for _ in range(4):
-        layers += [ActNorm(2), ImpFlowTransform(2, [128, 128], activation="sin")]
-    out["ImpFlow-4, 2-D, [128,128], batch 256"] = (
+        layers += [ActNorm(2), ImpFlowTransform(2, [hidden, hidden], activation="sin")]
+    out[f"ImpFlow-4, 2-D, [{hidden},{hidden}], batch 256"] = (
         Flow(CompositeTransform(layers), StandardNormal([2])),
         torch.randn(4096, 2),
         256,
     )
     layers = []
     for _ in range(8):
-        layers += [ActNorm(2), ResFlowTransform(2, [128, 128], activation="sin")]
-    out["ResFlow-8, 2-D, [128,128], batch 256"] = (
+        layers += [ActNorm(2), ResFlowTransform(2, [hidden, hidden], activation="sin")]
+    out[f"ResFlow-8, 2-D, [{hidden},{hidden}], batch 256"] = (
         Flow(CompositeTransform(layers), StandardNormal([2])),
         torch.randn(4096, 2),
         256,
     )
-    out["ResFlow-4, images 4x4x4, 32 channels, batch 64"] = (
+    out[f"ResFlow-4, images 4x4x4, {channels} channels, batch 64"] = (
         Flow(
-            CompositeTransform([ResFlowTransform((4, 4, 4), 32) for _ in range(4)]),
+            CompositeTransform([ResFlowTransform((4, 4, 4), channels) for _ in range(4)]),
             StandardNormal([4, 4, 4]),
         ),
         torch.randn(1024, 4, 4, 4),
@@ -103,30 +120,48 @@ def models() -> dict[str, tuple[Flow, torch.Tensor, int]]:
     return out
 
 
+def round_one_step(flow: Flow, step: Callable[[], None]) -> Timed:
+    """A training step under the round-1 policy. Untimed around it: switching the policy on
+    and one step (the first step after switching re-estimates), then switching back and one
+    step (switching back re-estimates too)."""
+    stack = ExitStack()
+
+    def switch_on() -> None:
+        stack.enter_context(round_one_policy(flow))
+        step()
+
+    def switch_off() -> None:
+        stack.close()
+        step()
+
+    return Timed(step, before=switch_on, after=switch_off)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = parser(__doc__)
     p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    print("| model | current (ms/step) | round-1 policy (ms/step) | ratio |\n|---|---|---|---|")
-    for name, (flow, data, batch) in models().items():
+    if args.smoke:
+        args.repeats = 1
+    out = output_folder(args, RESULTS, "spectral_cost")
+    one_thread()
+    env = environment()
+    header = ["model", "current (ms/step)", "round-1 policy (ms/step)", "ratio"]
+    print(markdown_table(header, []))
+    rows = []
+    sizes = {"hidden": 8, "channels": 4} if args.smoke else {}
+    for name, (flow, data, batch) in models(**sizes).items():
         flow.train()
         step = step_fn(flow, data, batch)
-        for _ in range(3):
-            step()
-        times: dict[str, list[float]] = {"current": [], "old": []}
-        for _ in range(args.repeats):  # interleaved, so that load changes hit both alike
-            t0 = time.perf_counter()
-            step()
-            times["current"].append(time.perf_counter() - t0)
-            with round_one_policy(flow):
-                step()  # the first step after switching re-estimates: not timed
-                t0 = time.perf_counter()
-                step()
-                times["old"].append(time.perf_counter() - t0)
-            step()  # switching back re-estimates too: not timed
-        new, old = (1e3 * statistics.median(times[k]) for k in ("current", "old"))
-        print(f"| {name} | {new:.1f} | {old:.1f} | {new / old:.3f} |", flush=True)
+        # interleaved, so that load changes hit both alike
+        fns = {"current": step, "old": round_one_step(flow, step)}
+        t = interleaved(fns, args.repeats, warmup=1 if args.smoke else 3)
+        new, old = 1e3 * t["current"], 1e3 * t["old"]
+        rows.append([name, f"{new:.1f}", f"{old:.1f}", f"{new / old:.3f}"])
+        print("| " + " | ".join(rows[-1]) + " |", flush=True)
+    write_json(out / "spectral_cost.json", {"repeats": args.repeats, "rows": rows}, env)
+    write_markdown(out / "spectral_cost.md", markdown_table(header, rows), env)
+    print(f"wrote {out / 'spectral_cost.json'}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Speed benchmark: one table of ratios, every pair measured interleaved in one process.
 
-    .venv/bin/python benchmarks/speed.py [--sections ...] [--repeats 15]
+    .venv/bin/python benchmarks/speed.py [--sections ...] [--repeats 15] [--out DIR] [--smoke]
 
 Sections (all by default):
 
@@ -25,43 +25,66 @@ Sections (all by default):
 * ``compile``: an ImpFlow-4 step with ``torch.compile``'d network evaluations against eager.
 
 Needs the ``bench`` extra (normflows). Timings are medians of process CPU time (one thread)
-over ``--repeats`` interleaved rounds; read the ratios.
+over ``--repeats`` interleaved rounds (``_common.interleaved``); read the ratios. Prints the
+table and writes ``speed.md`` and ``speed.json`` (with the environment) to ``--out``
+(default ``benchmarks/results``). ``--smoke`` runs every section at toy sizes in seconds.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import resource
 import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    count_parameters,
+    environment,
+    interleaved,
+    markdown_table,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
+
 warnings.filterwarnings("ignore", message=".*triangular_solve.*")
 
 
-def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 3
-) -> dict[str, float]:
-    """Median CPU seconds of each callable, run round-robin ``repeats`` times after a warm-up.
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes the sections measure at (the defaults are the recorded runs')."""
 
-    CPU time of this (single-threaded) process, not wall time: on a shared machine other
-    processes' time slices do not count against a measurement.
-    """
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.process_time()
-            fn()
-            times[name].append(time.process_time() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    hidden: tuple[int, ...] = (128, 128)
+    res_blocks: int = 8  # ResFlow-8 ...
+    imp_blocks: int = 4  # ... against ImpFlow-4 (same networks)
+    data: int = 20000
+    batch: int = 256
+    normflows_batch: int = 500
+    samples: int = 10000
+    normflows_train: int = 300  # steps before sampling (realistic solves)
+    sampling_train: int = 150
+    floor_train: int = 50
+    pyro_hidden: tuple[int, ...] = (64, 64)
+    memory_batch: int = 4096
+    memory_max_iters: tuple[int, int] = (10, 100)
+    floor_repeats: int = 50
+
+    @classmethod
+    def smoke(cls) -> Sizes:
+        """Toy sizes: every section runs in seconds (the test suite)."""
+        return cls((8,), 2, 1, 512, 32, 32, 64, 2, 2, 2, (8,), 64, (2, 3), 2)
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -127,28 +150,29 @@ def _normflows_round_trip(flow: Any, z: torch.Tensor) -> float:
     return float((back - z).abs().max())
 
 
-def section_normflows(repeats: int) -> list[tuple[str, str]]:
+def section_normflows(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     from implicit_transforms import solver_tolerance
 
     torch.manual_seed(0)
-    data = checkerboard(20000)
-    ours = our_flow("resflow", 8, [128, 128])
-    theirs = normflows_flow(8, [128, 128])
+    data = checkerboard(sz.data)
+    ours = our_flow("resflow", sz.res_blocks, list(sz.hidden))
+    theirs = normflows_flow(sz.res_blocks, list(sz.hidden))
     for m in (ours, theirs):
         m.train()
+    b = sz.normflows_batch
     steps = {
-        "ours": train_step(lambda x: -ours.log_prob(x).mean(), ours.parameters(), data, 500),
-        "normflows": train_step(lambda x: theirs.forward_kld(x), theirs.parameters(), data, 500),
+        "ours": train_step(lambda x: -ours.log_prob(x).mean(), ours.parameters(), data, b),
+        "normflows": train_step(lambda x: theirs.forward_kld(x), theirs.parameters(), data, b),
     }
     t = interleaved(steps, repeats)
     rows = [("ResFlow-8 training step / normflows (batch 500)", f"{t['ours'] / t['normflows']:.2f} "
              f"({1e3 * t['ours']:.0f} / {1e3 * t['normflows']:.0f} ms)")]  # fmt: skip
-    for _ in range(300):  # sample from trained models: their solves are the realistic ones
+    for _ in range(sz.normflows_train):  # sample from trained models: realistic solves
         for step in steps.values():
             step()
     ours.eval()
     theirs.eval()
-    z = torch.randn(10000, 2, generator=torch.Generator().manual_seed(5))
+    z = torch.randn(sz.samples, 2, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         err_theirs = _normflows_round_trip(theirs, z)
         errs = {}
@@ -159,11 +183,11 @@ def section_normflows(repeats: int) -> list[tuple[str, str]]:
 
     def sample_ours(tol: float | None = None) -> None:
         with torch.no_grad(), solver_tolerance(tol) if tol else _nullcontext():
-            ours.sample(10000)
+            ours.sample(sz.samples)
 
     def sample_theirs() -> None:
         with torch.no_grad():
-            theirs.sample(10000)
+            theirs.sample(sz.samples)
 
     t = interleaved(
         {"ours": sample_ours, "tight": lambda: sample_ours(1e-7), "normflows": sample_theirs},
@@ -178,17 +202,17 @@ def section_normflows(repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
-def section_impflow(repeats: int) -> list[tuple[str, str]]:
+def section_impflow(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     torch.manual_seed(0)
-    data = checkerboard(20000)
-    imp = our_flow("impflow", 4, [128, 128], "sin")
-    res = our_flow("resflow", 8, [128, 128], "sin")
-    n_imp = sum(p.numel() for p in imp.parameters())
-    n_res = sum(p.numel() for p in res.parameters())
+    data = checkerboard(sz.data)
+    imp = our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin")
+    res = our_flow("resflow", sz.res_blocks, list(sz.hidden), "sin")
+    n_imp = count_parameters(imp)
+    n_res = count_parameters(res)
     t = interleaved(
         {
-            "imp": train_step(lambda x: -imp.log_prob(x).mean(), imp.parameters(), data, 256),
-            "res": train_step(lambda x: -res.log_prob(x).mean(), res.parameters(), data, 256),
+            "imp": train_step(lambda x: -imp.log_prob(x).mean(), imp.parameters(), data, sz.batch),
+            "res": train_step(lambda x: -res.log_prob(x).mean(), res.parameters(), data, sz.batch),
         },
         repeats,
     )
@@ -196,25 +220,27 @@ def section_impflow(repeats: int) -> list[tuple[str, str]]:
              f"{t['imp'] / t['res']:.2f} ({1e3 * t['imp']:.0f} / {1e3 * t['res']:.0f} ms)")]  # fmt: skip
 
 
-def _trained(flow: Any, steps: int, batch: int = 256) -> Any:
+def _trained(flow: Any, steps: int, batch: int = 256, n_data: int = 20000) -> Any:
     """Train a flow briefly on the checkerboard so that its solves are realistic."""
-    data = checkerboard(20000, seed=3)
+    data = checkerboard(n_data, seed=3)
     step = train_step(lambda x: -flow.log_prob(x).mean(), flow.parameters(), data, batch)
     for _ in range(steps):
         step()
     return flow
 
 
-def section_sampling(repeats: int) -> list[tuple[str, str]]:
+def section_sampling(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     from implicit_transforms import solver_tolerance
 
     rows = []
     for name, flow in (
-        ("ResFlow-8", _trained(our_flow("resflow", 8, [128, 128]), 150)),
-        ("ImpFlow-4", _trained(our_flow("impflow", 4, [128, 128], "sin"), 150)),
-    ):
+        ("ResFlow-8", _trained(our_flow("resflow", sz.res_blocks, list(sz.hidden)),
+                               sz.sampling_train, sz.batch, sz.data)),
+        ("ImpFlow-4", _trained(our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin"),
+                               sz.sampling_train, sz.batch, sz.data)),
+    ):  # fmt: skip
         flow.eval()
-        z = torch.randn(10000, 2, generator=torch.Generator().manual_seed(5))
+        z = torch.randn(sz.samples, 2, generator=torch.Generator().manual_seed(5))
         fns, errs = {}, {}
         for tol in (None, 1e-4, 1e-3):
 
@@ -241,7 +267,7 @@ def _nullcontext() -> Any:
     return nullcontext()
 
 
-def section_pyro(repeats: int) -> list[tuple[str, str]]:
+def section_pyro(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     import pyro
     import pyro.distributions as dist
     from implicit_transforms.plugins.pyro import impflow, resflow
@@ -258,11 +284,13 @@ def section_pyro(repeats: int) -> list[tuple[str, str]]:
     def ours(helper: Any, blocks: int) -> Any:
         return AutoNormalizingFlow(
             model,
-            lambda dim: ComposeTransformModule([helper(dim, [64, 64]) for _ in range(blocks)]),
+            lambda dim: ComposeTransformModule(
+                [helper(dim, list(sz.pyro_hidden)) for _ in range(blocks)]
+            ),
         )
 
     guides = {
-        "IAF": AutoIAFNormal(model, hidden_dim=[64, 64], num_transforms=2),
+        "IAF": AutoIAFNormal(model, hidden_dim=list(sz.pyro_hidden), num_transforms=2),
         "ImpFlow-1": ours(impflow, 1),
         "ResFlow-2": ours(resflow, 2),
     }
@@ -272,12 +300,12 @@ def section_pyro(repeats: int) -> list[tuple[str, str]]:
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}),
                   Trace_ELBO(num_particles=8, vectorize_particles=True))  # fmt: skip
         svi.step()
-        params[name] = sum(p.numel() for p in guide.parameters())
+        params[name] = count_parameters(guide)
         steps[name] = svi.step
 
         def sample(guide: Any = guide) -> None:
             with torch.no_grad():
-                guide.get_posterior().sample((10000,))
+                guide.get_posterior().sample((sz.samples,))
 
         samplers[name] = sample
     t_step = interleaved(steps, repeats)
@@ -293,7 +321,7 @@ def section_pyro(repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _count_work(flow: Any, step: Callable[[], None]) -> tuple[float, int, int]:
+def _count_work(flow: Any, step: Callable[[], None], rows: int) -> tuple[float, int, int]:
     """Row-weighted forward evaluations (with grad, without) and VJPs in one step."""
     from implicit_transforms.lipschitz import LipschitzNet
 
@@ -311,7 +339,7 @@ def _count_work(flow: Any, step: Callable[[], None]) -> tuple[float, int, int]:
         counts["vjp"] += 1
         return original_grad(*args, **kwargs)
 
-    batch["rows"] = 256
+    batch["rows"] = rows
     LipschitzNet.evaluate = counting  # type: ignore[method-assign]
     torch.autograd.grad = counting_grad
     try:
@@ -322,11 +350,11 @@ def _count_work(flow: Any, step: Callable[[], None]) -> tuple[float, int, int]:
     return counts["grad"] + counts["nograd"], int(counts["grad"]), int(counts["vjp"])
 
 
-def section_floor(repeats: int) -> list[tuple[str, str]]:
+def section_floor(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     from implicit_transforms.lipschitz import LipschitzMLP
 
-    net = LipschitzMLP(2, [128, 128], activation="sin")
-    x = torch.randn(256, 2)
+    net = LipschitzMLP(2, list(sz.hidden), activation="sin")
+    x = torch.randn(sz.batch, 2)
     weights = [layer.prepare(None).detach() for layer in net.layers]
 
     def forward() -> None:
@@ -340,16 +368,16 @@ def section_floor(repeats: int) -> list[tuple[str, str]]:
     def vjp() -> None:
         torch.autograd.grad(out, [xg, *weights], v, retain_graph=True)
 
-    t = interleaved({"f": forward, "v": vjp}, 50)
+    t = interleaved({"f": forward, "v": vjp}, sz.floor_repeats)
     rows = []
-    data = checkerboard(20000)
-    for name, flow in (("ResFlow-8", our_flow("resflow", 8, [128, 128], "sin")),
-                       ("ImpFlow-4", our_flow("impflow", 4, [128, 128], "sin"))):  # fmt: skip
-        _trained(flow, 50)
+    data = checkerboard(sz.data)
+    for name, flow in (("ResFlow-8", our_flow("resflow", sz.res_blocks, list(sz.hidden), "sin")),
+                       ("ImpFlow-4", our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin"))):  # fmt: skip
+        _trained(flow, sz.floor_train, sz.batch, sz.data)
         flow.train()
-        step = train_step(lambda b, f=flow: -f.log_prob(b).mean(), flow.parameters(), data, 256)
+        step = train_step(lambda b, f=flow: -f.log_prob(b).mean(), flow.parameters(), data, sz.batch)  # fmt: skip
         step_time = interleaved({"s": step}, repeats)["s"]
-        fwd, fwd_grad, vjps = _count_work(flow, step)
+        fwd, fwd_grad, vjps = _count_work(flow, step, sz.batch)
         # every forward costs t_f; every VJP, and the backward of every recorded forward, t_v
         floor = fwd * t["f"] + (vjps + fwd_grad) * t["v"]
         rows.append((f"{name} step / network-evaluation floor ({fwd:.1f} forwards, "
@@ -358,44 +386,54 @@ def section_floor(repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
-def section_memory(repeats: int) -> list[tuple[str, str]]:
-    code = """
-import resource, sys, torch
-sys.path.insert(0, 'benchmarks')
-import speed
-from implicit_transforms.solvers import Broyden
-from implicit_transforms.plugins.nflows import ImpFlowTransform
-from nflows.distributions import StandardNormal
-from nflows.flows import Flow
-from nflows.transforms import CompositeTransform
-torch.manual_seed(0)
-max_iter = int(sys.argv[1])
-solver = Broyden(max_iter=max_iter, atol=1e-30, rtol=0.0, on_failure='ignore')
-flow = Flow(CompositeTransform([ImpFlowTransform(2, [128, 128], activation='sin', solver=solver)
-                                for _ in range(4)]), StandardNormal([2]))
-x = speed.checkerboard(4096)
-saved = [0]
-def pack(t):
-    saved[0] += t.numel() * t.element_size()
-    return t
-with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-    loss = -flow.log_prob(x).mean()
-loss.backward()
-print(saved[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
+def section_memory(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     out = {}
-    for max_iter in (10, 100):
-        res = subprocess.run([sys.executable, "-c", code, str(max_iter)], capture_output=True,
-                             text=True, check=True)  # fmt: skip
+    low, high = sz.memory_max_iters
+    for max_iter in (low, high):  # each in a fresh process: the peak RSS is the step's own
+        cmd = [sys.executable, __file__, "--child-memory", str(max_iter), str(sz.memory_batch),
+               ",".join(map(str, sz.hidden))]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         saved, rss = (int(v) for v in res.stdout.split())
         out[max_iter] = (saved / 2**20, rss / 2**10)
-    return [("ImpFlow-4 step memory, max_iter 100 / 10 (batch 4096, every solve runs to max_iter)",
-             f"saved tensors {out[100][0] / out[10][0]:.2f} ({out[100][0]:.1f} / {out[10][0]:.1f} "
-             f"MiB); peak RSS {out[100][1] / out[10][1]:.2f} ({out[100][1]:.0f} / "
-             f"{out[10][1]:.0f} MiB)")]  # fmt: skip
+    return [(f"ImpFlow-4 step memory, max_iter {high} / {low} (batch {sz.memory_batch}, every "
+             "solve runs to max_iter)",
+             f"saved tensors {out[high][0] / out[low][0]:.2f} ({out[high][0]:.1f} / "
+             f"{out[low][0]:.1f} MiB); peak RSS {out[high][1] / out[low][1]:.2f} "
+             f"({out[high][1]:.0f} / {out[low][1]:.0f} MiB)")]  # fmt: skip
 
 
-def section_solvers(repeats: int) -> list[tuple[str, str]]:
+def memory_child(max_iter: int, batch: int, hidden: list[int]) -> tuple[int, int]:
+    """Saved-tensor bytes and peak RSS (KiB) of one ImpFlow-4 training step whose every solve
+    runs to ``max_iter`` (run in a fresh process by :func:`section_memory`)."""
+    from implicit_transforms.plugins.nflows import ImpFlowTransform
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform
+
+    from implicit_transforms.solvers import Broyden
+
+    torch.manual_seed(0)
+    solver = Broyden(max_iter=max_iter, atol=1e-30, rtol=0.0, on_failure="ignore")
+    flow = Flow(
+        CompositeTransform(
+            [ImpFlowTransform(2, hidden, activation="sin", solver=solver) for _ in range(4)]
+        ),
+        StandardNormal([2]),
+    )
+    x = checkerboard(batch)
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = -flow.log_prob(x).mean()
+    loss.backward()
+    return saved[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def section_solvers(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     from implicit_transforms.solvers import anderson, broyden, fixed_point
 
     # z + tanh(A z) = y, A symmetric with eigenvalues spread over [-0.99, 0.99]: Lip 0.99,
@@ -419,19 +457,21 @@ def section_solvers(repeats: int) -> list[tuple[str, str]]:
             for name, key in (("Broyden", "broyden"), ("Anderson", "anderson"))]  # fmt: skip
 
 
-def section_compile(repeats: int) -> list[tuple[str, str]]:
-    data = checkerboard(20000)
-    eager = our_flow("impflow", 4, [128, 128], "sin")
-    compiled = our_flow("impflow", 4, [128, 128], "sin")
+def section_compile(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
+    data = checkerboard(sz.data)
+    eager = our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin")
+    compiled = our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin")
     compiled.load_state_dict(eager.state_dict())
     for m in compiled.modules():
         if hasattr(m, "compile_evaluation") and m is not compiled:
             m.compile_evaluation()
     t0 = time.perf_counter()
     steps = {
-        "eager": train_step(lambda x: -eager.log_prob(x).mean(), eager.parameters(), data, 256),
+        "eager": train_step(
+            lambda x: -eager.log_prob(x).mean(), eager.parameters(), data, sz.batch
+        ),
         "compiled": train_step(
-            lambda x: -compiled.log_prob(x).mean(), compiled.parameters(), data, 256
+            lambda x: -compiled.log_prob(x).mean(), compiled.parameters(), data, sz.batch
         ),
     }
     steps["compiled"]()
@@ -442,7 +482,7 @@ def section_compile(repeats: int) -> list[tuple[str, str]]:
              f"{1e3 * t['eager']:.0f} ms; first compiled step {first:.0f} s)")]  # fmt: skip
 
 
-SECTIONS: dict[str, Callable[[int], list[tuple[str, str]]]] = {
+SECTIONS: dict[str, Callable[[int, Sizes], list[tuple[str, str]]]] = {
     "normflows": section_normflows,
     "impflow": section_impflow,
     "sampling": section_sampling,
@@ -454,17 +494,35 @@ SECTIONS: dict[str, Callable[[int], list[tuple[str, str]]]] = {
 }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["--child-memory"]:  # internal: one measurement of section_memory
+        max_iter, batch, hidden = args_in[1:4]
+        print(*memory_child(int(max_iter), int(batch), [int(h) for h in hidden.split(",")]))
+        return
+    p = parser(__doc__)
     p.add_argument("--sections", default=",".join(SECTIONS))
     p.add_argument("--repeats", type=int, default=15)
-    args = p.parse_args()
-    torch.set_num_threads(1)
+    args = p.parse_args(args_in)
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"--sections must be among {', '.join(SECTIONS)}, got {', '.join(sorted(unknown))}")
+    out = output_folder(args, RESULTS, "speed")
+    sizes = Sizes.smoke() if args.smoke else Sizes()
+    repeats = 1 if args.smoke else args.repeats
+    one_thread()
+    env = environment()
     print(f"torch {torch.__version__}, one thread, CPU time")
     print("| measurement | ratio (absolute) |\n|---|---|")
+    rows: list[tuple[str, str]] = []
     for name in args.sections.split(","):
-        for label, value in SECTIONS[name](args.repeats):
+        for label, value in SECTIONS[name](repeats, sizes):
             print(f"| {label} | {value} |", flush=True)
+            rows.append((label, value))
+    settings = {"sections": args.sections, "repeats": repeats, "sizes": asdict(sizes)}
+    write_json(out / "speed.json", {"settings": settings, "rows": rows}, env)
+    table = markdown_table(["measurement", "ratio (absolute)"], rows)
+    print(f"wrote {write_markdown(out / 'speed.md', table, env)}")
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ blocks and with one implicit block. Theorem 3 of the paper: any l-block residual
 sup-error >= r/2 (L - 2^l) on a ball of radius r where f expands by L, while one implicit
 block represents f exactly.
 
-Run:  .venv/bin/python benchmarks/steep_1d.py [--steps 2000] [--out benchmarks/results]
-Prints the table and writes steep_1d.json and steep_1d.png.
+Run:  .venv/bin/python benchmarks/steep_1d.py [--steps 2000] [--out benchmarks/results] [--smoke]
+Prints the table and writes steep_1d.json (with the environment), steep_1d.md and steep_1d.png.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,18 @@ import torch
 from torch import nn
 
 from implicit_transforms import InvertibleBlock, impflow_block, resflow_block
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    environment,
+    markdown_table,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
 SLOPE = 10.0
 RADIUS = 1.0
@@ -75,12 +86,13 @@ def build(kind: str, n_blocks: int, hidden: int = 32) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = parser.parse_args()
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=2000)
+    args = p.parse_args()
+    if args.smoke:
+        args.steps = 2
+    out = output_folder(args, RESULTS, "steep_1d")
+    env = environment()
     torch.set_default_dtype(torch.float64)
     rows = []
     models = {}
@@ -104,10 +116,20 @@ def main() -> None:
         print(
             f"{kind}-{n:<2d} sup error {sup:8.4f}  rms {rms:8.4f}  Thm-3 bound {bound:6.2f}  ({seconds:.0f}s)"
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "steep_1d.json").write_text(
-        json.dumps({"steps": args.steps, "slope": SLOPE, "rows": rows}, indent=2)
+    write_json(out / "steep_1d.json", {"steps": args.steps, "slope": SLOPE, "rows": rows}, env)
+    table = markdown_table(
+        ["model", "sup error", "RMS error", "Theorem-3 lower bound r/2 (L - 2^l)"],
+        [
+            [
+                r["model"],
+                f"{r['sup_error']:.3f}",
+                f"{r['rms_error']:.3f}",
+                f"{r['theorem3_lower_bound']:.2f}",
+            ]
+            for r in rows
+        ],
     )
+    write_markdown(out / "steep_1d.md", table, env)
     try:
         import matplotlib.pyplot as plt
     except ImportError:
@@ -124,8 +146,8 @@ def main() -> None:
     ax.legend()
     ax.set_title("Fitting a steep 1-D function (ImpFlow paper, Fig. 2)")
     fig.tight_layout()
-    fig.savefig(args.out / "steep_1d.png", dpi=120)
-    print(f"wrote {args.out / 'steep_1d.json'} and {args.out / 'steep_1d.png'}")
+    fig.savefig(out / "steep_1d.png", dpi=120)
+    print(f"wrote {out / 'steep_1d.json'} and {out / 'steep_1d.png'}")
 
 
 if __name__ == "__main__":

@@ -7,56 +7,46 @@ certified Lipschitz bound over the networks in training mode after a forward, in
 mode, and the round-trip error. Run by hand (any checkout, old or new: it uses only the API
 both share):
 
-    .venv/bin/python benchmarks/trust.py [--steps 250] [--repo PATH]
+    .venv/bin/python benchmarks/trust.py [--steps 250] [--repo PATH] [--out DIR] [--smoke]
 
 ``--repo DIR`` imports ``implicit_transforms`` from ``DIR`` instead (a copy of an older
 checkout's ``implicit_transforms/`` with its ``plugins/`` copied inside) to measure it the same
-way.
+way: the library is imported inside the functions, after ``main`` has read ``--repo``.
+Prints the tables and writes ``trust.{json,md}`` (with the environment) to ``--out`` (default
+``benchmarks/results``).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    environment,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
-def _args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=250)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--dim", type=int, default=4)
-    p.add_argument("--repo", default=None, help="import implicit_transforms from this checkout")
-    p.add_argument(
-        "--sections",
-        default="optimizers,gradients,solvers",
-        help="comma-separated: optimizers, gradients, solvers",
-    )
-    return p.parse_args()
+LINES: list[str] = []
 
 
-ARGS = _args()
-if ARGS.repo:
-    sys.path.insert(0, ARGS.repo)
+def emit(line: str = "") -> None:
+    """Print a line of the report and keep it for ``trust.md``."""
+    print(line, flush=True)
+    LINES.extend(line.split("\n"))
 
-import pyro  # noqa: E402
-import pyro.distributions as dist  # noqa: E402
-from implicit_transforms.plugins import nflows as it_nflows  # noqa: E402
-from implicit_transforms.plugins import pyro as it_pyro  # noqa: E402
-from nflows.distributions import StandardNormal  # noqa: E402
-from nflows.flows import Flow  # noqa: E402
-from nflows.transforms import CompositeTransform  # noqa: E402
-from pyro.infer import SVI, Trace_ELBO  # noqa: E402
-from pyro.optim.clipped_adam import ClippedAdam as TorchClippedAdam  # noqa: E402
-
-import implicit_transforms  # noqa: E402
-from implicit_transforms.lipschitz import LipschitzNet, certify  # noqa: E402
-from implicit_transforms.solvers import anderson, broyden  # noqa: E402
 
 OPTIMIZERS = ["sgd", "adam", "adam-fused", "adamw-foreach", "clipped-adam", "p.data"]
 
@@ -72,12 +62,16 @@ def torch_optimizer(name: str, params: list[torch.nn.Parameter], lr: float) -> A
     if name == "adamw-foreach":
         return torch.optim.AdamW(params, lr=lr, foreach=True)
     if name == "clipped-adam":
-        return TorchClippedAdam(params, lr=lr)
+        from pyro.optim.clipped_adam import ClippedAdam
+
+        return ClippedAdam(params, lr=lr)
     return None
 
 
 def pyro_optimizer(name: str, lr: float) -> Any:
     """The Pyro wrapper of an optimizer by name (``None`` for the manual loop)."""
+    import pyro
+
     return {
         "sgd": lambda: pyro.optim.SGD({"lr": lr}),
         "adam": lambda: pyro.optim.Adam({"lr": lr}),
@@ -89,11 +83,18 @@ def pyro_optimizer(name: str, lr: float) -> Any:
 
 
 def largest_bound(module: Any) -> float:
+    from implicit_transforms.lipschitz import LipschitzNet, certify
+
     nets = [m for m in module.modules() if isinstance(m, LipschitzNet)]
     return max(certify(n).bound for n in nets)
 
 
 def nflows_run(family: str, opt_name: str, steps: int, lr: float, dim: int) -> dict[str, float]:
+    from implicit_transforms.plugins import nflows as it_nflows
+    from nflows.distributions import StandardNormal
+    from nflows.flows import Flow
+    from nflows.transforms import CompositeTransform
+
     torch.manual_seed(0)
     maker = {"resflow": it_nflows.ResFlowTransform, "impflow": it_nflows.ImpFlowTransform}[family]
     block = maker(dim, [32, 32])
@@ -152,6 +153,11 @@ def _measure(model: Any, block: Any, dim: int, failed: str) -> dict[str, float |
 
 
 def pyro_run(family: str, opt_name: str, steps: int, lr: float, dim: int) -> dict[str, float | str]:
+    import pyro
+    import pyro.distributions as dist
+    from implicit_transforms.plugins import pyro as it_pyro
+    from pyro.infer import SVI, Trace_ELBO
+
     torch.manual_seed(0)
     pyro.clear_param_store()
     maker = {"resflow": it_pyro.resflow, "impflow": it_pyro.impflow}[family]
@@ -198,8 +204,8 @@ def gradient_errors() -> None:
 
     from implicit_transforms.blocks import impflow_block, resflow_block
 
-    print("\nfloat32 vs float64 gradients through the solves (relative error of the gradient)")
-    print("| case | loss scale 1 | loss scale 1e-4 |\n|---|---|---|")
+    emit("\nfloat32 vs float64 gradients through the solves (relative error of the gradient)")
+    emit("| case | loss scale 1 | loss scale 1e-4 |\n|---|---|---|")
     cases = {
         "ResFlow inverse": (resflow_block, "inverse"),
         "ImpFlow forward": (impflow_block, "forward"),
@@ -230,7 +236,7 @@ def gradient_errors() -> None:
                 g = [xin.grad] + [p.grad for p in model.parameters() if p.grad is not None]
                 grads.append(torch.cat([t.flatten() for t in g]).double() / scale)
             errs.append(float((grads[1] - grads[0]).norm() / grads[0].norm()))
-        print(f"| {name} | {errs[0]:.1e} | {errs[1]:.1e} |")
+        emit(f"| {name} | {errs[0]:.1e} | {errs[1]:.1e} |")
 
 
 def _hard_problems(dtype: torch.dtype) -> dict[str, tuple[Callable[..., Any], torch.Tensor]]:
@@ -272,58 +278,87 @@ def _hard_problems(dtype: torch.dtype) -> dict[str, tuple[Callable[..., Any], to
     return out
 
 
-def solver_work() -> None:
+def solver_work(max_iter: int = 300) -> None:
     """Anderson in float32 and Broyden's evaluation counts on hard problems."""
-    print("\nAnderson with its default regularisation, float32 (status, batched evaluations)")
-    print("| problem | outcome |\n|---|---|")
+    from implicit_transforms.solvers import anderson, broyden
+
+    emit("\nAnderson with its default regularisation, float32 (status, batched evaluations)")
+    emit("| problem | outcome |\n|---|---|")
     for name, (fn, z0) in _hard_problems(torch.float32).items():
         try:
             with torch.no_grad():
-                r = anderson(fn, z0, on_failure="ignore", max_iter=300)
+                r = anderson(fn, z0, on_failure="ignore", max_iter=max_iter)
             outcome = f"{r.status.name.lower()}, {r.num_evals} evaluations"
         except Exception as err:
             outcome = f"raised {type(err).__module__}.{type(err).__name__}"
-        print(f"| {name} | {outcome} |")
+        emit(f"| {name} | {outcome} |")
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, None)):
-        print(f"\nBroyden, {dtype}, tolerance {tol or 'default'}: batched evaluations (converged)")
-        print("| problem | default | line_search='armijo' |\n|---|---|---|")
+        emit(f"\nBroyden, {dtype}, tolerance {tol or 'default'}: batched evaluations (converged)")
+        emit("| problem | default | line_search='armijo' |\n|---|---|---|")
         for name, (fn, z0) in _hard_problems(dtype).items():
             cells = []
             for kw in ({}, {"line_search": "armijo"}):
                 with torch.no_grad():
-                    r = broyden(fn, z0, atol=tol, rtol=tol, max_iter=300, on_failure="ignore", **kw)  # type: ignore[arg-type]
+                    r = broyden(
+                        fn, z0, atol=tol, rtol=tol, max_iter=max_iter, on_failure="ignore", **kw
+                    )  # type: ignore[arg-type]
                 cells.append(f"{r.num_evals} ({float(r.converged.double().mean()):.2f})")
-            print(f"| {name} | {cells[0]} | {cells[1]} |")
+            emit(f"| {name} | {cells[0]} | {cells[1]} |")
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    print(f"implicit_transforms from {implicit_transforms.__file__}")
-    sections = ARGS.sections.split(",")
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--dim", type=int, default=4)
+    p.add_argument("--repo", default=None, help="import implicit_transforms from this checkout")
+    p.add_argument(
+        "--sections",
+        default="optimizers,gradients,solvers",
+        help="comma-separated: optimizers, gradients, solvers",
+    )
+    args = p.parse_args()
+    if args.repo:
+        sys.path.insert(0, args.repo)
+    max_iter = 300
+    if args.smoke:
+        args.steps, max_iter = 2, 5
+    out = output_folder(args, RESULTS, "trust")
+    one_thread()
+    import implicit_transforms
+
+    env = environment(implicit_transforms=implicit_transforms.__file__)
+    emit(f"implicit_transforms from {implicit_transforms.__file__}")
+    sections = args.sections.split(",")
+    rows: list[dict[str, Any]] = []
     if "gradients" in sections:
         gradient_errors()
     if "solvers" in sections:
-        solver_work()
-    if "optimizers" not in sections:
-        return
-    print(
-        f"{ARGS.steps} steps, lr {ARGS.lr}, D={ARGS.dim}, nets [32, 32]; largest certified Lip(g)"
-    )
-    print(
-        "| host | block | optimizer | Lip, training after a forward | Lip, eval | round trip "
-        "| note |\n|---|---|---|---|---|---|---|"
-    )
-    for host, run in RUNS.items():
-        for family in ("resflow", "impflow"):
-            for opt in OPTIMIZERS:
-                t0 = time.perf_counter()
-                r = run(family, opt, ARGS.steps, ARGS.lr, ARGS.dim)
-                note = r["failed"] or f"{time.perf_counter() - t0:.0f} s"
-                print(
-                    f"| {host} | {family} | {opt} | {r['train_bound']:.4f} | {r['eval_bound']:.4f} "
-                    f"| {r['round_trip']:.1e} | {note} |",
-                    flush=True,
-                )
+        solver_work(max_iter)
+    if "optimizers" in sections:
+        emit(
+            f"{args.steps} steps, lr {args.lr}, D={args.dim}, nets [32, 32]; largest certified "
+            "Lip(g)"
+        )
+        emit(
+            "| host | block | optimizer | Lip, training after a forward | Lip, eval | round trip "
+            "| note |\n|---|---|---|---|---|---|---|"
+        )
+        for host, run in RUNS.items():
+            for family in ("resflow", "impflow"):
+                for opt in OPTIMIZERS:
+                    t0 = time.perf_counter()
+                    r = run(family, opt, args.steps, args.lr, args.dim)
+                    note = r["failed"] or f"{time.perf_counter() - t0:.0f} s"
+                    rows.append({"host": host, "block": family, "optimizer": opt, **r})
+                    emit(
+                        f"| {host} | {family} | {opt} | {r['train_bound']:.4f} | "
+                        f"{r['eval_bound']:.4f} | {r['round_trip']:.1e} | {note} |"
+                    )
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    write_json(out / "trust.json", {"settings": settings, "optimizer_runs": rows}, env)
+    write_markdown(out / "trust.md", "\n".join(LINES), env)
+    print(f"wrote {out / 'trust.json'}")
 
 
 if __name__ == "__main__":

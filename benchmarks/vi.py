@@ -27,6 +27,9 @@ Run by hand: ``.venv/bin/python benchmarks/vi.py`` (1,500 steps: the run in
 ``benchmarks/README.md``: about 55 minutes on a shared 2-core machine); ``--section sweep``
 trains the recipes with one design choice undone, ``--section ablations`` times the design
 choices (direction, solver, training log-det), ``--section tables`` prints the tables.
+Results (with the environment) go to ``--out`` (default ``benchmarks/results/vi``), or to the
+file ``--output``; ``--smoke`` runs a section at toy settings in seconds. Timings are medians
+of process CPU time, round robin (``_common.interleaved``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +60,19 @@ from pyro.infer.autoguide import (
 from torch.distributions import biject_to
 
 from implicit_transforms.solvers import Broyden, FixedPoint
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    Timed,
+    count_parameters,
+    environment,
+    interleaved,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+)
 
 Tensor = torch.Tensor
 RESULTS = Path(__file__).resolve().parent / "results" / "vi"
@@ -251,10 +267,6 @@ POSTERIORS: dict[str, Callable[[], Posterior]] = {
 
 
 # -- guides at equal parameter counts ------------------------------------------------------------
-def n_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def recipe_hidden(dim: int) -> int:
     """The width of every network of the recipes in this benchmark."""
     return max(32, 4 * dim)
@@ -302,7 +314,7 @@ def _count_after_setup(guide: Any) -> int:
     pyro.clear_param_store()
     with torch.no_grad():
         guide()
-    return n_params(guide)
+    return count_parameters(guide)
 
 
 def _solve_width(count: Callable[[int], int], budget: int, low: int) -> int:
@@ -412,7 +424,9 @@ def train_and_evaluate(
         se = float(finite.std() / math.sqrt(finite.numel()))
     else:
         elbo, se = -math.inf, math.nan
-    run = Run(post.name, name, optimizer, n_params(guide), elbo, se, seconds, diverged=diverged)
+    run = Run(
+        post.name, name, optimizer, count_parameters(guide), elbo, se, seconds, diverged=diverged
+    )
     if diverged is None and post.mean is not None and post.sd is not None:
         z = unconstrained_samples(post, guide, 10_000).double()
         m, s = z.mean(0), z.std(0)
@@ -428,21 +442,13 @@ def train_and_evaluate(
 def time_round_robin(
     fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 2
 ) -> dict[str, float]:
-    """Median seconds of each callable, measured in turn (so load hits them alike).
+    """Median CPU seconds of each callable, measured in turn (so load hits them alike).
 
     Pyro's parameter store is global and two guides may use the same parameter names, so it
     is emptied before each call (untimed): each guide then registers its own parameters.
     """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(warmup + rounds):
-        for k, fn in fns.items():
-            pyro.clear_param_store()
-            start = time.perf_counter()
-            fn()
-            elapsed = time.perf_counter() - start
-            if r >= warmup:
-                times[k].append(elapsed)
-    return {k: statistics.median(v) for k, v in times.items()}
+    timed = {k: Timed(fn, before=pyro.clear_param_store) for k, fn in fns.items()}
+    return interleaved(timed, rounds, warmup)
 
 
 def sample_10k(post: Posterior, guide: Any) -> Callable[[], Any]:
@@ -451,7 +457,7 @@ def sample_10k(post: Posterior, guide: Any) -> Callable[[], Any]:
 
 # -- sections ------------------------------------------------------------------------------------
 def main_section(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"settings": vars(args), "environment": _environment(), "posteriors": {}}
+    out: dict[str, Any] = {"settings": _settings(args), "posteriors": {}}
     for pname in args.posteriors.split(","):
         post = POSTERIORS[pname]() if pname != "logreg" else logreg(args.refresh_nuts)
         guides = flow_guides(post, {})
@@ -504,17 +510,8 @@ def time_steps_and_samples(
     }
 
 
-def _environment() -> dict[str, Any]:
-    import platform
-
-    return {
-        "torch": torch.__version__,
-        "pyro": pyro.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "dtype": str(torch.get_default_dtype()),
-    }
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
 def _fmt_run(r: Run) -> str:
@@ -570,7 +567,7 @@ SWEEP = {
 
 def sweep_section(args: argparse.Namespace) -> dict[str, Any]:
     """Each design choice of the recipes undone once, same budget and steps."""
-    out: dict[str, Any] = {"settings": vars(args), "runs": []}
+    out: dict[str, Any] = {"settings": _settings(args), "runs": []}
     families = [f for f in ("resflow", "impflow") if not args.guides or f in args.guides]
     variants = args.variants.split(",") if args.variants else list(SWEEP)
     for pname in args.posteriors.split(","):
@@ -608,7 +605,7 @@ def ablation_section(args: argparse.Namespace) -> dict[str, Any]:
       fixed point;
     * the training log-det: exact (the recipe for D <= 64) against the family's roulette.
     """
-    out: dict[str, Any] = {"settings": vars(args), "posteriors": {}}
+    out: dict[str, Any] = {"settings": _settings(args), "posteriors": {}}
     for pname in args.posteriors.split(","):
         post = POSTERIORS[pname]() if pname != "logreg" else logreg(args.refresh_nuts)
         h = recipe_hidden(post.dim)
@@ -713,7 +710,7 @@ def print_tables(path: Path) -> None:
 
 
 def parse() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = parser(__doc__)
     p.add_argument("--section", default="main", choices=["main", "ablations", "sweep", "tables"])
     p.add_argument("--posteriors", default="funnel,logreg,banana,schools")
     p.add_argument("--guides", default="", help="comma-separated guide names (default all)")
@@ -726,17 +723,22 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--refresh-nuts", action="store_true")
     p.add_argument("--variants", default="", help="sweep: comma-separated variant names")
-    p.add_argument("--output", default=None)
-    return p.parse_args()
+    p.add_argument("--output", default=None, help="the result file (default: OUT/SECTION.json)")
+    args = p.parse_args()
+    if args.smoke:
+        args.posteriors, args.steps, args.n_elbo, args.timing_rounds = "banana", 3, 64, 1
+    return args
 
 
 def main() -> None:
     args = parse()
-    torch.set_num_threads(1)
+    one_thread()
     torch.set_default_dtype(torch.float32)
     if args.section == "tables":
-        print_tables(Path(args.output) if args.output else RESULTS / "main.json")
+        folder = args.out if args.out is not None else RESULTS
+        print_tables(Path(args.output) if args.output else folder / "main.json")
         return
+    folder = output_folder(args, RESULTS, "vi")
     if args.section == "main":
         out = main_section(args)
     elif args.section == "sweep":
@@ -745,9 +747,9 @@ def main() -> None:
         out = ablation_section(args)
     else:
         raise SystemExit(f"section {args.section} not implemented")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = Path(args.output) if args.output else RESULTS / f"{args.section}.json"
-    path.write_text(json.dumps(out, indent=1))
+    path = Path(args.output) if args.output else folder / f"{args.section}.json"
+    env = environment(pyro=pyro.__version__, dtype=str(torch.get_default_dtype()))
+    write_json(path, out, env)
     print(f"wrote {path}")
 
 

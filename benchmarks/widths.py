@@ -16,25 +16,38 @@ the library (run it once per checkout and compare):
 Run with ``--compare OTHER_CHECKOUT`` to interleave the cost measurement with another
 checkout of the library in subprocesses (A, B, A, B, ...) and print the ratios.
 
-    OMP_NUM_THREADS=1 python benchmarks/widths.py --compare ../old-checkout
+    OMP_NUM_THREADS=1 python benchmarks/widths.py --compare ../old-checkout [--out DIR] [--smoke]
 
-Results: ``benchmarks/README.md`` ("Certified bounds at every width").
+Times are medians of process CPU time (``_common.median_time``). Writes ``widths.{json,md}``
+(with the environment) to ``--out`` (default ``benchmarks/results``). Results:
+``benchmarks/README.md`` ("Certified bounds at every width").
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from implicit_transforms.blocks import resflow_block
 from implicit_transforms.lipschitz import LipschitzCNN
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (
+    RESULTS,
+    environment,
+    median_time,
+    one_thread,
+    output_folder,
+    parser,
+    write_json,
+    write_markdown,
+)
 
 WIDTHS = [128, 256, 384, 512, 1024]
 CHANNELS = [64, 128, 256, 512]  # hidden channels of a LipschitzCNN on 16 image channels
@@ -72,17 +85,6 @@ def bounds(width: int, opt_name: str, steps: int) -> float:
     return worst
 
 
-def _step_time(model_step, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 2):
-        t0 = time.process_time()
-        model_step()
-        if i >= 2:  # warm-up
-            times.append(time.process_time() - t0)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def cost_dense(width: int, repeats: int) -> float:
     torch.manual_seed(0)
     block = resflow_block(4, [width, width])
@@ -96,7 +98,7 @@ def cost_dense(width: int, repeats: int) -> float:
         loss.backward()
         opt.step()
 
-    return _step_time(step, repeats)
+    return median_time(step, repeats, warmup=2)
 
 
 def cost_conv(image_channels: int, hidden: int, repeats: int) -> float:
@@ -111,7 +113,7 @@ def cost_conv(image_channels: int, hidden: int, repeats: int) -> float:
         loss.backward()
         opt.step()
 
-    return _step_time(step, repeats)
+    return median_time(step, repeats, warmup=2)
 
 
 def _costs(repeats: int) -> dict[str, float]:
@@ -122,16 +124,15 @@ def _costs(repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--compare", type=Path, help="another checkout with its own .venv")
-    parser.add_argument("--only", choices=["bounds", "cost"])
-    parser.add_argument("--json", action="store_true", help="print one JSON object (internal)")
-    parser.add_argument("--smoke", action="store_true", help="tiny settings (the test suite)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    p = parser(__doc__)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--compare", type=Path, help="another checkout with its own .venv")
+    p.add_argument("--only", choices=["bounds", "cost"])
+    p.add_argument("--json", action="store_true", help="print one JSON object (internal)")
+    args = p.parse_args()
+    one_thread()
     if args.smoke:
         WIDTHS[:] = [8, 16]
         CHANNELS[:] = [4]
@@ -147,11 +148,16 @@ def main() -> None:
             result["cost"] = _costs(args.repeats)
         print(json.dumps(result))
         return
+    out = output_folder(args, RESULTS, "widths")
+    env = environment()
+    lines: list[str] = []
     if "bounds" in result:
-        print("applied norm / coeff, worst over every training forward (> 1: broken)")
+        lines.append("applied norm / coeff, worst over every training forward (> 1: broken)")
         for key, value in result["bounds"].items():
-            print(f"  {key:>16}: {value:.4f}")
+            lines.append(f"  {key:>16}: {value:.4f}")
+        print("\n".join(lines), flush=True)
     if args.only == "bounds":
+        _write(out, args, result, {}, lines, env)
         return
     runs: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
     for _ in range(args.rounds):
@@ -162,20 +168,37 @@ def main() -> None:
             python = str(root / ".venv/bin/python") if root else sys.executable
             cmd = [python, str(here), "--only", "cost", "--json", "--repeats", str(args.repeats)]
             cmd += ["--smoke"] if args.smoke else []
-            env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-            runs[name].append(json.loads(out.stdout)["cost"])
-    print(
+            child_env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            proc = subprocess.run(cmd, check=True, capture_output=True, text=True, env=child_env)
+            runs[name].append(json.loads(proc.stdout)["cost"])
+    cost_lines = [
         "training step, CPU ms (median over rounds)"
         + (" and ratio this/other" if args.compare else "")
-    )
+    ]
     for key in runs["this"][0]:
         this = sorted(r[key] for r in runs["this"])[len(runs["this"]) // 2] * 1e3
         line = f"  {key:>10}: {this:9.2f}"
         if runs["other"]:
             other = sorted(r[key] for r in runs["other"])[len(runs["other"]) // 2] * 1e3
             line += f"  other {other:9.2f}  ratio {this / other:.2f}"
-        print(line)
+        cost_lines.append(line)
+    print("\n".join(cost_lines))
+    _write(out, args, result, runs, lines + cost_lines, env)
+
+
+def _write(
+    out: Path,
+    args: object,
+    result: dict[str, dict[str, float]],
+    runs: dict[str, list[dict[str, float]]],
+    lines: list[str],
+    env: dict[str, object],
+) -> None:
+    settings = {k: str(v) for k, v in vars(args).items()}
+    data = {"settings": settings, "bounds": result.get("bounds", {}), "cost_runs": runs}
+    write_json(out / "widths.json", data, env)
+    write_markdown(out / "widths.md", "```\n" + "\n".join(lines) + "\n```", env)
+    print(f"wrote {out / 'widths.json'}")
 
 
 if __name__ == "__main__":

@@ -1,15 +1,24 @@
 """Test conventions: float64 by default, seeded RNG per test, ``--device``, ``gpu``/``slow`` markers.
 
 Warnings raised by implicit-transforms itself are turned into errors by ``pyproject.toml``.
+The shared registries live in ``cases.py`` next to this file; this folder is put on
+``sys.path`` here so that ``from cases import ...`` works under every pytest import mode
+(``prepend``, ``append``, ``importlib``) and from any working directory.
 """
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

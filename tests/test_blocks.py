@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import pytest
 import torch
+from cases import CTX, PROPERTY_CASES, BlockCase
 
 from implicit_transforms import ConvergenceError, ImplicitBlock, InvertibleBlock, ResidualBlock
 from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
 from implicit_transforms.lipschitz import certify
 from implicit_transforms.solvers import Broyden, FixedPoint, SolverResult, default_tolerance
 
-
-@dataclass
-class Case:
-    factory: Callable[[], InvertibleBlock]
-    event: tuple[int, ...]
-    context: int | None = None
-
-
-CTX = 2
-CASES = {
-    "iresnet-mlp": Case(lambda: iresnet_block(3, [8]), (3,)),
-    "resflow-mlp": Case(lambda: resflow_block(3, [8]), (3,)),
-    "impflow-mlp": Case(lambda: impflow_block(3, [8]), (3,)),
-    "resflow-mlp-context": Case(lambda: resflow_block(3, [8], context_features=CTX), (3,), CTX),
-    "impflow-mlp-context": Case(lambda: impflow_block(3, [8], context_features=CTX), (3,), CTX),
-    "iresnet-cnn": Case(lambda: iresnet_block((2, 3, 3), 4), (2, 3, 3)),
-    "resflow-cnn-context": Case(
-        lambda: resflow_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX
-    ),
-    "impflow-cnn": Case(lambda: impflow_block((2, 3, 3), 4), (2, 3, 3)),
-}
+Case = BlockCase
+CASES = PROPERTY_CASES
 IMPLICIT_CASES = [k for k in CASES if k.startswith("impflow")]
 
 

@@ -7,6 +7,7 @@ threshold the family's estimator stays; explicit estimator settings always win."
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,7 +199,7 @@ def test_resolve_without_an_event_shape_keeps_the_family_estimator() -> None:
 
 
 def test_threshold_benchmark_runs_in_smoke_mode(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """``benchmarks/exact_threshold.py`` (the measurement behind the constant) still runs."""
     import importlib.util
@@ -211,7 +212,8 @@ def test_threshold_benchmark_runs_in_smoke_mode(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     threads = torch.get_num_threads()
-    monkeypatch.setattr(sys, "argv", ["exact_threshold.py", "--repeats", "1", "--dims", "2"])
+    argv = ["exact_threshold.py", "--repeats", "1", "--dims", "2", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
     try:
         module.main()
     finally:

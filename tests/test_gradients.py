@@ -11,18 +11,15 @@ import copy
 
 import pytest
 import torch
+from cases import GRADIENT_CASES, SECOND_DERIVATIVE_CASES
 
 from implicit_transforms import HigherOrderGradientError, InvertibleBlock
-from implicit_transforms.blocks import impflow_block, resflow_block
+from implicit_transforms.blocks import resflow_block
 from implicit_transforms.implicit import solve_implicit
 from implicit_transforms.logdet import ExactLogDet
 from implicit_transforms.solvers import Broyden, FixedPoint
 
-CASES = {
-    "resflow-inverse": (lambda: resflow_block(4, [32], coeff=0.95), "inverse"),
-    "impflow-forward": (lambda: impflow_block(4, [32], coeff=0.95), "forward"),
-    "impflow-inverse": (lambda: impflow_block(4, [32], coeff=0.95), "inverse"),
-}
+CASES = {name: (case.factory, direction) for name, (case, direction) in GRADIENT_CASES.items()}
 
 
 def _grads(
@@ -111,12 +108,8 @@ def _second_derivative(block: InvertibleBlock, direction: str) -> None:
 
 @pytest.mark.parametrize(
     ("factory", "direction"),
-    [
-        (lambda: impflow_block(3, [8]), "forward"),
-        (lambda: resflow_block(3, [8]), "inverse"),
-        (lambda: resflow_block(3, [8], n_exact_terms=2), "forward"),  # roulette, Neumann
-    ],
-    ids=["impflow-forward", "resflow-inverse", "resflow-forward-neumann"],
+    [(case.factory, direction) for case, direction in SECOND_DERIVATIVE_CASES.values()],
+    ids=list(SECOND_DERIVATIVE_CASES),
 )
 def test_second_derivatives_raise_our_error(factory, direction: str) -> None:  # type: ignore[no-untyped-def]
     block = factory()

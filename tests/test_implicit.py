@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import SOLVER_OBJECTS
 from torch import nn
 
 from implicit_transforms import ConvergenceError
@@ -20,7 +21,7 @@ def _small_net(d: int, scale: float) -> nn.Module:
     return net
 
 
-SOLVERS = {"fixed_point": FixedPoint(max_iter=1000), "anderson": Anderson(), "broyden": Broyden()}
+SOLVERS = SOLVER_OBJECTS
 
 
 @pytest.mark.parametrize("solver", SOLVERS, ids=str)

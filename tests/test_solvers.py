@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from cases import SOLVERS
 
 from implicit_transforms import ConvergenceError, ConvergenceWarning
 from implicit_transforms.solvers import (
@@ -18,8 +19,6 @@ from implicit_transforms.solvers import (
     broyden,
     fixed_point,
 )
-
-SOLVERS = {"fixed_point": fixed_point, "anderson": anderson, "broyden": broyden}
 
 
 def _contractive_matrix(d: int, lip: float) -> torch.Tensor:

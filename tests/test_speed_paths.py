@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import SOLVERS
 
 from implicit_transforms import solver_tolerance
 from implicit_transforms.blocks import impflow_block, resflow_block
@@ -18,13 +19,10 @@ from implicit_transforms.solvers import (
     Broyden,
     FixedPoint,
     SolverStatus,
-    anderson,
     broyden,
     fixed_point,
     rowwise,
 )
-
-SOLVERS = {"fixed_point": fixed_point, "anderson": anderson, "broyden": broyden}
 
 
 def _mixed_difficulty(batch: int = 12, d: int = 5):
