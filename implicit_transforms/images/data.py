@@ -144,8 +144,6 @@ def load_digits(
     )
 
 
-#: The files torchvision reads (with ``download=False``) for each data set, relative to the
-#: data root. MNIST-style files must be uncompressed (``gunzip *.gz``).
 _IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -154,6 +152,8 @@ _IDX_FILES = (
 )
 _CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
+#: The files torchvision reads (with ``download=False``) for each data set, relative to the
+#: data root. MNIST-style files must be uncompressed (``gunzip *.gz``).
 TORCHVISION_FILES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(f"MNIST/raw/{f}" for f in _IDX_FILES),
     "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in _IDX_FILES),
@@ -179,8 +179,8 @@ def load_torchvision(
 
     Args:
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
-        root: the data root holding the files of :data:`TORCHVISION_FILES` (nothing is
-            downloaded).
+        root: the data root holding the files of
+            :data:`~implicit_transforms.images.data.TORCHVISION_FILES` (nothing is downloaded).
         val_fraction: fraction of the official training split held out for validation.
         seed: seed of that hold-out.
 

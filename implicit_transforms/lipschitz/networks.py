@@ -124,7 +124,7 @@ class LipschitzNet(nn.Module):
 
 
 class LipschitzMLP(LipschitzNet):
-    r"""Lipschitz MLP ``g: (B, D) -> (B, D)``, ``D -> hidden... -> D`` with ``Lip(g) < 1``.
+    r"""Lipschitz MLP ``g: (B, D) -> (B, D)`` through the hidden widths, with ``Lip(g) < 1``.
 
     Args:
         features: ``D``.

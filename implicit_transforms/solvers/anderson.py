@@ -144,8 +144,8 @@ def anderson(
 
 @dataclass(frozen=True)
 class Anderson(SolverConfig):
-    """Configured :func:`anderson` solver, for composing into blocks (fields: its keyword
-    arguments)."""
+    """Configured :func:`~implicit_transforms.solvers.anderson` solver, for composing into blocks
+    (fields: its keyword arguments)."""
 
     max_iter: int = 100
     history: int = 5

@@ -31,7 +31,8 @@ class InverseJacobian:
     conditions (measured: restarting needs up to 40% fewer evaluations, see
     ``benchmarks/README.md``).
 
-    A solve's final approximation (in :attr:`SolverResult.inverse_jacobian`) can start another
+    A solve's final approximation (in :attr:`SolverResult.inverse_jacobian
+    <implicit_transforms.solvers.SolverResult.inverse_jacobian>`) can start another
     solve whose Jacobian is related: the adjoint of an implicit solve has Jacobian
     ``(dF/dz)^T``, whose inverse :meth:`transpose` approximates.
     """
@@ -335,8 +336,8 @@ def _mask_of(rows: Tensor, b: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Broyden(SolverConfig):
-    """Configured :func:`broyden` solver, for composing into blocks (fields: its keyword
-    arguments)."""
+    """Configured :func:`~implicit_transforms.solvers.broyden` solver, for composing into blocks
+    (fields: its keyword arguments)."""
 
     max_iter: int = 100
     history: int = 40

@@ -86,8 +86,8 @@ def fixed_point(
 
 @dataclass(frozen=True)
 class FixedPoint(SolverConfig):
-    """Configured :func:`fixed_point` solver, for composing into blocks (fields: its keyword
-    arguments)."""
+    """Configured :func:`~implicit_transforms.solvers.fixed_point` solver, for composing into blocks
+    (fields: its keyword arguments)."""
 
     max_iter: int = 1000
     check_every: int | None = None
