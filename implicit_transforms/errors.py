@@ -119,6 +119,17 @@ class HigherOrderGradientError(RuntimeError):
     The explicit direction of a residual block with an
     :class:`~implicit_transforms.logdet.ExactLogDet` (or ``gradient="backprop"``) supports
     second derivatives.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms import Broyden, solve_implicit
+        >>> x = torch.ones(1, 2, dtype=torch.float64, requires_grad=True)
+        >>> z, _ = solve_implicit(lambda z: z + 0.5 * torch.tanh(z) - x, x.detach(),
+        ...                       solver=Broyden())
+        >>> torch.autograd.grad(z.sum(), x, create_graph=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        implicit_transforms.errors.HigherOrderGradientError: a second derivative ...
     """
 
 
