@@ -135,3 +135,18 @@ def test_public_docstrings_follow_the_house_style(name: str, obj: object) -> Non
         "Iterator"
     ):
         assert "Returns:" in doc, f"{name}: document the result in a Returns: section"
+
+
+def _python_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in sorted(DOCS.glob("*.md")):
+        for i, code in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S)):
+            blocks.append((f"{page.name}-{i}", code))
+    return blocks
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), _python_blocks(), ids=lambda v: v if "\n" not in v else ""
+)
+def test_python_examples_on_the_pages_run(name: str, code: str) -> None:
+    exec(compile(code, name, "exec"), {})
