@@ -42,7 +42,6 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 autodoc_default_options = {
     "members": True,
     "member-order": "bysource",
-    "show-inheritance": True,
 }
 autodoc_typehints = "signature"
 autodoc_preserve_defaults = True
@@ -82,7 +81,7 @@ for _notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(torch|numpy|np|nflows|pyro|pdist|collections|typing|pathlib|enum|contextlib)"
+        r"(torch|numpy|np|nflows|pyro|pdist|collections|typing|pathlib|enum|contextlib|builtins)"
         r"(\..*)?",
     ),
     (r"py:.*", r"(.*\.)?_[A-Za-z].*"),  # private helpers named in annotations
@@ -109,3 +108,40 @@ nitpick_ignore = [
     ("py:data", "EXACT_MAX_DIM"),  # lipschitz/spectral.py: not documented
     ("py:data", "RECIPE_ACTIVATION"),  # plugins/pyro_guides.py: not exported
 ]
+
+
+def _bases_line(
+    app: object, what: str, name: str, obj: object, options: object, lines: list[str]
+) -> None:
+    """ "Bases: ..." above a class's docstring, for its real base classes only (autodoc's
+    ``show-inheritance`` also prints ``object`` and ``Protocol``)."""
+    if what not in ("class", "exception") or not isinstance(obj, type):
+        return
+    bases = [
+        b for b in obj.__bases__ if b is not object and b.__name__ not in {"Protocol", "Generic"}
+    ]
+    if bases:
+        names = ", ".join(f":class:`~{b.__module__}.{b.__qualname__}`" for b in bases)
+        # After the summary paragraph, which autosummary tables show.
+        end = lines.index("") + 1 if "" in lines else len(lines)
+        lines[end:end] = [f"Bases: {names}", ""]
+
+
+def _no_protocol_signature(
+    app: object,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None] | None:
+    """A Protocol is implemented, never instantiated: hide its ``(*args, **kwargs)``."""
+    if what == "class" and getattr(obj, "_is_protocol", False):
+        return "", return_annotation
+    return None
+
+
+def setup(app: object) -> None:
+    app.connect("autodoc-process-docstring", _bases_line)  # type: ignore[attr-defined]
+    app.connect("autodoc-process-signature", _no_protocol_signature)  # type: ignore[attr-defined]
