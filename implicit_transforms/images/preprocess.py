@@ -46,6 +46,14 @@ def check_levels(levels: int) -> int:
 
     Raises:
         ValueError: if ``levels`` is not an int ``>= 2``.
+
+    Example:
+        >>> check_levels(256)
+        256
+        >>> check_levels(1)
+        Traceback (most recent call last):
+            ...
+        ValueError: levels must be an int >= 2 (grey levels per channel), got 1
     """
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an int >= 2 (grey levels per channel), got {levels!r}")
@@ -63,6 +71,10 @@ def check_alpha(alpha: float) -> float:
 
     Raises:
         ValueError: if ``alpha`` is not a number in ``[0, 0.5)``.
+
+    Example:
+        >>> check_alpha(0)
+        0.0
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 0.5:
         raise ValueError(f"alpha must be a float in [0, 0.5), got {alpha!r}")

@@ -132,6 +132,19 @@ def apply_failure_policy(result: SolverResult, on_failure: OnFailure) -> SolverR
     Raises:
         ConvergenceError: when ``result`` failed and ``on_failure == "raise"``.
         ValueError: for an unknown ``on_failure``.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(2, 2, dtype=torch.float64)
+        >>> res = fixed_point(lambda z: z + 0.9 * torch.sin(z) - y, y, max_iter=2,
+        ...                   on_failure="ignore")
+        >>> apply_failure_policy(res, "ignore") is res
+        True
+        >>> apply_failure_policy(res, "raise")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        implicit_transforms.errors.ConvergenceError: fixed_point: some samples did not reach ...
     """
     if result.status is SolverStatus.SUCCESS or on_failure == "ignore":
         return result
