@@ -28,11 +28,32 @@ __all__ = [
 
 
 class ImplicitTransformsWarning(UserWarning):
-    """Base class of every warning this package emits."""
+    """Base class of every warning this package emits.
+
+    Example:
+        Escalate the package's warnings (and only them) to errors, as its test suite does:
+
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", ImplicitTransformsWarning)
+    """
 
 
 class ConvergenceWarning(ImplicitTransformsWarning):
-    """A solve did not converge and the caller asked to be warned rather than stopped."""
+    """A solve did not converge and the caller asked to be warned rather than stopped
+    (``on_failure="warn"``).
+
+    Example:
+        >>> import torch, warnings
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(1, 2, dtype=torch.float64)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     res = fixed_point(lambda z: z + 0.9 * torch.sin(z) - y, y, max_iter=2,
+        ...                       on_failure="warn")
+        >>> caught[0].category.__name__, res.status.name
+        ('ConvergenceWarning', 'MAX_ITER')
+    """
 
 
 class LipschitzWarning(ImplicitTransformsWarning):
@@ -43,15 +64,23 @@ class LipschitzWarning(ImplicitTransformsWarning):
 class ConvergenceError(RuntimeError):
     """A root-finding solve did not reach its tolerance.
 
+    Raised by every solver under the default failure policy ``on_failure="raise"``, in the
+    forward solve and in the adjoint solve of a backward pass alike; the message says which
+    knob to turn (``max_iter``, the tolerances, the solver, the Lipschitz coefficient).
+
     Args:
         message: what failed and which knob to turn.
         result: the failed solve's :class:`~implicit_transforms.solvers.SolverResult`.
 
-    Attributes:
-        result: the :class:`~implicit_transforms.solvers.SolverResult` of the failed solve
-            (best iterate per sample, residuals, iteration counts, converged mask), or
-            ``None`` when the error was rebuilt from its message alone and no chained
-            ``ConvergenceError`` carries one.
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(3, 2, dtype=torch.float64)
+        >>> try:
+        ...     fixed_point(lambda z: z + 0.9 * torch.sin(z) - y, y, max_iter=2)
+        ... except ConvergenceError as err:
+        ...     print(err.result.converged.tolist())
+        [False, False, False]
     """
 
     def __init__(self, message: str = "", result: SolverResult | None = None) -> None:
@@ -60,7 +89,13 @@ class ConvergenceError(RuntimeError):
 
     @property
     def result(self) -> SolverResult | None:
-        """The solve's result; looked up along ``__cause__`` when this copy has none."""
+        """The :class:`~implicit_transforms.solvers.SolverResult` of the failed solve (best
+        iterate per sample, residuals, iteration counts, converged mask).
+
+        Looked up along ``__cause__`` / ``__context__`` when this copy has none (a host that
+        re-raised the error from its message alone); ``None`` if no chained
+        ``ConvergenceError`` carries one.
+        """
         if self._result is not None:
             return self._result
         cause = self.__cause__ or self.__context__
@@ -79,7 +114,23 @@ class ConvergenceError(RuntimeError):
 class HigherOrderGradientError(RuntimeError):
     """A second derivative (``create_graph=True``) was requested through an operation whose
     gradient is computed by an implicit or stochastic identity that has no derivative of its
-    own (an implicit-function-theorem solve, a Neumann-series log-det gradient)."""
+    own (an implicit-function-theorem solve, a Neumann-series log-det gradient).
+
+    The explicit direction of a residual block with an
+    :class:`~implicit_transforms.logdet.ExactLogDet` (or ``gradient="backprop"``) supports
+    second derivatives.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms import Broyden, solve_implicit
+        >>> x = torch.ones(1, 2, dtype=torch.float64, requires_grad=True)
+        >>> z, _ = solve_implicit(lambda z: z + 0.5 * torch.tanh(z) - x, x.detach(),
+        ...                       solver=Broyden())
+        >>> torch.autograd.grad(z.sum(), x, create_graph=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        implicit_transforms.errors.HigherOrderGradientError: a second derivative ...
+    """
 
 
 class TracingError(RuntimeError):
@@ -91,7 +142,8 @@ class TracingError(RuntimeError):
     and whether it converged, the random length of the Russian-roulette series, whether its
     weights changed since their spectral norm was computed. A replayed trace would repeat the
     first call's decisions silently (unconverged solves, a biased log-det, a stale
-    normalisation), so blocks refuse to be traced.
+    normalisation), so blocks refuse to be traced. Use Pyro's ``Trace_ELBO`` rather than
+    ``JitTrace_ELBO`` with these blocks.
     """
 
 

@@ -158,12 +158,30 @@ _VALIDATE: ContextVar[bool] = ContextVar("implicit_transforms_validate_inputs", 
 
 
 def validating_inputs() -> bool:
-    """Whether NaN/Inf checks of inputs are on (default ``True``)."""
+    """Whether NaN/Inf checks of inputs are on (default ``True``).
+
+    Returns:
+        The setting of the current context (see :func:`input_validation`).
+
+    Example:
+        >>> validating_inputs()
+        True
+    """
     return _VALIDATE.get()
 
 
 def set_input_validation(enabled: bool) -> None:
-    """Turn the NaN/Inf checks of inputs on or off for the current context."""
+    """Turn the NaN/Inf checks of inputs on or off for the current context.
+
+    The setting is a context variable: it holds for the current thread (or ``asyncio`` task)
+    until changed again. Prefer the scoped :func:`input_validation`.
+
+    Args:
+        enabled: ``True`` to check inputs for NaN/Inf, ``False`` to skip the check.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool.
+    """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     _VALIDATE.set(enabled)
@@ -171,7 +189,25 @@ def set_input_validation(enabled: bool) -> None:
 
 @contextmanager
 def input_validation(enabled: bool) -> Iterator[None]:
-    """Within the scope, NaN/Inf checks of inputs are ``enabled`` (restored afterwards)."""
+    """Within the scope, NaN/Inf checks of inputs are ``enabled`` (restored afterwards).
+
+    Args:
+        enabled: ``True`` to check inputs for NaN/Inf, ``False`` to skip the check (no host
+            synchronisation for it on an accelerator).
+
+    Returns:
+        A context manager.
+
+    Raises:
+        TypeError: if ``enabled`` is not a bool.
+
+    Example:
+        >>> with input_validation(False):
+        ...     validating_inputs()
+        False
+        >>> validating_inputs()
+        True
+    """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     token = _VALIDATE.set(enabled)

@@ -45,6 +45,20 @@ class ImageData:
         name: the data set's name.
         levels: grey levels per channel ``L`` (17 for digits, 256 for 8-bit images).
         num_classes: number of labels.
+        train: training images, ``(N_train, C, H, W)`` uint8.
+        train_labels: their labels, ``(N_train,)`` int64.
+        validation: validation images, ``(N_val, C, H, W)`` uint8.
+        validation_labels: their labels, ``(N_val,)``.
+        test: test images, ``(N_test, C, H, W)`` uint8.
+        test_labels: their labels, ``(N_test,)``.
+
+    Example:
+        >>> import torch
+        >>> images = torch.randint(0, 4, (20, 1, 2, 2), dtype=torch.uint8)
+        >>> data = split_images(images, torch.zeros(20, dtype=torch.long), name="toy", levels=4,
+        ...                     num_classes=1, val_fraction=0.1, test_fraction=0.1, seed=0)
+        >>> data.shape, data.dims, (len(data.train), len(data.validation), len(data.test))
+        ((1, 2, 2), 4, (16, 2, 2))
     """
 
     name: str
@@ -89,7 +103,27 @@ def split_images(
     """Split ``images: (N, C, H, W)`` by a seeded permutation.
 
     ``round(N * val_fraction)`` images go to validation and, unless an official ``test`` pair
-    is given, ``round(N * test_fraction)`` to test; the rest is training data.
+    is given, ``round(N * test_fraction)`` to test; the rest is training data (each split
+    holds at least one image).
+
+    Args:
+        images: ``(N, C, H, W)`` uint8 pixels.
+        labels: ``(N,)`` labels.
+        name: the data set's name.
+        levels: grey levels per channel.
+        num_classes: number of labels.
+        val_fraction: fraction held out for validation, in ``(0, 1)``.
+        test_fraction: fraction held out for test, in ``(0, 1)``; ignored (may be ``None``)
+            when ``test`` is given.
+        seed: seed of the permutation.
+        test: an official ``(images, labels)`` test split.
+
+    Returns:
+        An :class:`ImageData` (see its example).
+
+    Raises:
+        ValueError: for a fraction outside ``(0, 1)``, a missing ``test_fraction``, or too
+            few images to split.
     """
     _check_fraction("val_fraction", val_fraction)
     n = int(images.shape[0])
@@ -121,7 +155,22 @@ def split_images(
 def load_digits(
     *, val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
 ) -> ImageData:
-    """scikit-learn's 8x8 digits: 1,797 images ``(1, 8, 8)`` with 17 grey levels (0..16)."""
+    """scikit-learn's 8x8 digits: 1,797 images ``(1, 8, 8)`` with 17 grey levels (0..16).
+
+    Ships with scikit-learn (the ``images`` extra): nothing is downloaded. The split is a
+    seeded permutation (:func:`split_images`).
+
+    Args:
+        val_fraction: fraction held out for validation.
+        test_fraction: fraction held out for test.
+        seed: seed of the split.
+
+    Returns:
+        An :class:`ImageData` with ``levels=17`` and ``num_classes=10``.
+
+    Raises:
+        ImportError: without scikit-learn (``pip install 'implicit-transforms[images]'``).
+    """
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError as err:
@@ -144,8 +193,6 @@ def load_digits(
     )
 
 
-#: The files torchvision reads (with ``download=False``) for each data set, relative to the
-#: data root. MNIST-style files must be uncompressed (``gunzip *.gz``).
 _IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -154,6 +201,8 @@ _IDX_FILES = (
 )
 _CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
+#: The files torchvision reads (with ``download=False``) for each data set, relative to the
+#: data root. MNIST-style files must be uncompressed (``gunzip *.gz``).
 TORCHVISION_FILES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(f"MNIST/raw/{f}" for f in _IDX_FILES),
     "fashion-mnist": tuple(f"FashionMNIST/raw/{f}" for f in _IDX_FILES),
@@ -179,10 +228,14 @@ def load_torchvision(
 
     Args:
         name: ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
-        root: the data root holding the files of :data:`TORCHVISION_FILES` (nothing is
-            downloaded).
+        root: the data root holding the files of
+            :data:`~implicit_transforms.images.data.TORCHVISION_FILES` (nothing is downloaded).
         val_fraction: fraction of the official training split held out for validation.
         seed: seed of that hold-out.
+
+    Returns:
+        An :class:`ImageData` with ``levels=256`` and ``num_classes=10``; the official test
+        split is its test split.
 
     Raises:
         ValueError: in one line, naming every missing file and where it must go.
@@ -256,7 +309,21 @@ def load_image_dataset(
     seed: int = 0,
 ) -> ImageData:
     """One of :data:`IMAGE_DATASETS` (``test_fraction`` applies to digits only: the others
-    have an official test split)."""
+    have an official test split).
+
+    Args:
+        name: ``"digits"``, ``"mnist"``, ``"fashion-mnist"`` or ``"cifar10"``.
+        data_root: the directory holding the torchvision files (unused for digits).
+        val_fraction: fraction held out for validation.
+        test_fraction: fraction held out for test (digits only).
+        seed: seed of the split.
+
+    Returns:
+        An :class:`ImageData`.
+
+    Raises:
+        ValueError: for an unknown name or missing files.
+    """
     if name == "digits":
         return load_digits(val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     if name in TORCHVISION_FILES:

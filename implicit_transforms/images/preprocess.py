@@ -36,14 +36,46 @@ __all__ = [
 
 
 def check_levels(levels: int) -> int:
-    """Validate the number of grey levels ``L >= 2`` (an int) and return it."""
+    """Validate the number of grey levels ``L >= 2`` (an int) and return it.
+
+    Args:
+        levels: grey levels per channel.
+
+    Returns:
+        ``levels``.
+
+    Raises:
+        ValueError: if ``levels`` is not an int ``>= 2``.
+
+    Example:
+        >>> check_levels(256)
+        256
+        >>> check_levels(1)
+        Traceback (most recent call last):
+            ...
+        ValueError: levels must be an int >= 2 (grey levels per channel), got 1
+    """
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an int >= 2 (grey levels per channel), got {levels!r}")
     return levels
 
 
 def check_alpha(alpha: float) -> float:
-    """Validate the logit margin ``0 <= alpha < 1/2`` and return it as a float."""
+    """Validate the logit margin ``0 <= alpha < 1/2`` and return it as a float.
+
+    Args:
+        alpha: the margin of :func:`logit_forward`.
+
+    Returns:
+        ``float(alpha)``.
+
+    Raises:
+        ValueError: if ``alpha`` is not a number in ``[0, 0.5)``.
+
+    Example:
+        >>> check_alpha(0)
+        0.0
+    """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 0.5:
         raise ValueError(f"alpha must be a float in [0, 0.5), got {alpha!r}")
     return float(alpha)
@@ -79,6 +111,10 @@ def dequantize(k: Tensor, levels: int, noise: Tensor) -> Tensor:
 
 def logit_forward(x: Tensor, alpha: float = 0.05) -> tuple[Tensor, Tensor]:
     r"""``y = logit(s)``, ``s = alpha + (1 - 2 alpha) x``, and ``log|det dy/dx|`` per sample.
+
+    .. math:: y = \log\frac{s}{1 - s}, \quad s = \alpha + (1 - 2\alpha)\,x, \qquad
+        \log\Big|\det\frac{\partial y}{\partial x}\Big|
+        = \sum_i \big[\log(1 - 2\alpha) - \log s_i - \log(1 - s_i)\big].
 
     ``dy/dx = (1 - 2 alpha) / (s (1 - s))`` element-wise, so the log-det is
     ``sum_i [log(1 - 2 alpha) - log s_i - log(1 - s_i)]``. ``alpha > 0`` keeps ``y`` finite at
@@ -117,6 +153,13 @@ def logit_inverse(y: Tensor, alpha: float = 0.05) -> tuple[Tensor, Tensor]:
         ``x: (B, *E)`` and the log-det ``(B,)``. ``x`` lies in
         ``(-alpha / (1 - 2 alpha), (1 - alpha) / (1 - 2 alpha))``, slightly wider than
         ``[0, 1]``: clamp samples to ``[0, 1]`` to show them as images.
+
+    Example:
+        >>> x = torch.rand(3, 1, 4, 4, dtype=torch.float64)
+        >>> y, ld = logit_forward(x)
+        >>> x_back, ld_inv = logit_inverse(y)
+        >>> torch.allclose(x_back, x), torch.allclose(ld_inv, -ld)
+        (True, True)
     """
     alpha = check_alpha(alpha)
     x = (torch.sigmoid(y) - alpha) / (1 - 2 * alpha)
@@ -126,6 +169,10 @@ def logit_inverse(y: Tensor, alpha: float = 0.05) -> tuple[Tensor, Tensor]:
 
 class VariationalDequantizer(nn.Module):
     r"""A learned dequantisation noise ``u ~ q(u | k)`` on ``(0, 1)^D`` with its log-density.
+
+    .. math:: u = \sigma(h), \quad h = \mu(k) + e^{s(k)} \odot \epsilon, \qquad
+        \log q(u \mid k) = \sum_i \big[\log \mathcal N(\epsilon_i; 0, 1) - s_i
+        - \log\sigma(h_i) - \log\sigma(-h_i)\big].
 
     ``u = sigmoid(mu(k) + exp(s(k)) * eps)``, ``eps ~ N(0, I)``, where a small convolutional
     network reads the image ``k / L - 1/2`` and outputs the per-pixel ``mu`` and ``s``. By the
@@ -171,8 +218,15 @@ class VariationalDequantizer(nn.Module):
             nn.init.zeros_(last.bias)
 
     def forward(self, k: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """``(u, log q(u | k))`` for pixels ``k: (B, C, H, W)`` and noise ``eps`` of that shape;
-        ``u`` in ``(0, 1)``, ``log q`` of shape ``(B,)``."""
+        """``(u, log q(u | k))`` for pixels ``k: (B, C, H, W)`` and noise ``eps`` of that shape.
+
+        Args:
+            k: ``(B, C, H, W)`` integer-valued pixels in ``{0, ..., L - 1}``.
+            eps: ``(B, C, H, W)`` standard normal noise (its dtype is the output's).
+
+        Returns:
+            ``u: (B, C, H, W)`` in ``(0, 1)`` and ``log q(u | k): (B,)``.
+        """
         if k.dim() != 4 or k.shape[1] != self.channels or eps.shape != k.shape:
             raise ValueError(
                 f"VariationalDequantizer expects k and eps of shape (B, {self.channels}, H, W), "

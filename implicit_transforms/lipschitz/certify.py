@@ -35,6 +35,11 @@ class Certificate:
         layers: per-layer bounds of a network, keyed by a readable layer name.
         networks: for a model, the certificate of every Lipschitz network it contains, keyed
             by the network's module path (empty for a single layer or network).
+
+    Example:
+        >>> cert = Certificate(0.9, layers={"0": 0.95, "2": 0.947})
+        >>> cert.contractive, str(cert)
+        (True, 'Lip <= 0.900000 (contractive)')
     """
 
     bound: float
@@ -158,7 +163,20 @@ def _modules_of(obj: Any) -> Iterator[tuple[str, nn.Module]]:
 
 def lipschitz_networks(obj: Any) -> dict[str, LipschitzNet]:
     """Every :class:`LipschitzNet` inside ``obj`` (a module or a transformed distribution),
-    keyed by module path; networks nested in another network are not listed twice."""
+    keyed by module path; networks nested in another network are not listed twice.
+
+    Args:
+        obj: a module, or an object with ``.transforms`` (a Pyro or torch transformed
+            distribution).
+
+    Returns:
+        The networks by module path (in the order ``named_modules`` visits them).
+
+    Example:
+        >>> from implicit_transforms import resflow_block
+        >>> list(lipschitz_networks(resflow_block(2, [8])))
+        ['net']
+    """
     found: dict[str, LipschitzNet] = {}
     for prefix, top in _modules_of(obj):
         for name, module in top.named_modules(prefix=prefix):
@@ -172,6 +190,8 @@ def lipschitz_networks(obj: Any) -> dict[str, LipschitzNet]:
 @torch.no_grad()
 def certify(module: Any, input_size: tuple[int, int] | None = None) -> Certificate:
     r"""Guaranteed bound on ``Lip`` of a layer or a network, or of every network of a model.
+
+    .. math:: \mathrm{Lip}(f_n \circ \cdots \circ f_1) \le \prod_i \mathrm{Lip}(f_i)
 
     ``Lip(f_n o ... o f_1) <= prod_i Lip(f_i)``. Dense layers: exact spectral norm of the
     effective weight (SVD in float64); convolutions: :func:`conv_operator_norm_bound` on

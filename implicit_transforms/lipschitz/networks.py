@@ -15,12 +15,17 @@ __all__ = ["LipschitzCNN", "LipschitzMLP", "LipschitzNet"]
 
 
 class LipschitzNet(nn.Module):
-    """Base class: a chain ``layers[0] -> act -> layers[1] -> ... -> layers[-1]``.
+    r"""Base class: a chain ``layers[0] -> act -> layers[1] -> ... -> layers[-1]``.
 
     Each layer is spectrally normalised with coefficient ``c`` and each activation is
-    1-Lipschitz, so ``Lip(g) <= c^len(layers) < 1`` in ``x``. A context, when given, enters as an
-    additive bias after the first layer (an unconstrained function of the context), so the bound
-    holds in ``x`` for every fixed context.
+    1-Lipschitz, so ``Lip(g) <= c^len(layers) < 1`` in ``x``:
+
+    .. math:: g = W_L \circ \phi \circ \cdots \circ \phi \circ W_1, \qquad
+        \|W_i\|_2 \le c < 1,\ \mathrm{Lip}(\phi) \le 1
+        \ \Rightarrow\ \mathrm{Lip}(g) \le c^L < 1.
+
+    A context, when given, enters as an additive bias after the first layer (an unconstrained
+    function of the context), so the bound holds in ``x`` for every fixed context.
 
     Attributes:
         event_dims: number of trailing input dimensions of one sample (1 for vectors, 3 for
@@ -48,6 +53,17 @@ class LipschitzNet(nn.Module):
         The layers' weights are normalised first (eagerly: that step reads the weights'
         content), then the pure chain :meth:`evaluate` runs, through its compiled version
         (:meth:`compile_evaluation`) when no autograd graph is being recorded.
+
+        Args:
+            x: input ``(B, *event)``.
+            context: ``(B, context_features)``, required exactly when the net was built with
+                ``context_features``.
+
+        Returns:
+            ``g(x; context)``, shape ``(B, *event)``.
+
+        Raises:
+            ValueError: for a missing or unexpected context.
         """
         if self.context_net is not None:
             if context is None:
@@ -77,6 +93,9 @@ class LipschitzNet(nn.Module):
             x: input ``(B, *event)``.
             weights: the normalised weight of every layer (``layer.prepare(...)``).
             ctx_bias: the context's additive bias after the first layer, or ``None``.
+
+        Returns:
+            ``g(x)``, shape ``(B, *event)``.
         """
         layers = self._normalised_layers()
         h = layers[0].apply_weight(x, weights[0])
@@ -97,7 +116,13 @@ class LipschitzNet(nn.Module):
         weights' content and may run an eigen-decomposition). Shapes are dynamic because a
         solve evaluates fewer samples as they converge. Sets
         ``torch._functorch.config.donated_buffer = False`` for the process (our gradients
-        reuse a graph several times, which donated buffers forbid). Returns ``self``.
+        reuse a graph several times, which donated buffers forbid).
+
+        Args:
+            **options: keyword arguments of ``torch.compile`` (``dynamic`` defaults to True).
+
+        Returns:
+            ``self``.
         """
         options.setdefault("dynamic", True)
         # Log-det estimators and implicit gradients take several vector-Jacobian products
@@ -116,7 +141,11 @@ class LipschitzNet(nn.Module):
         return state
 
     def lipschitz_chain(self) -> list[nn.Module]:
-        """The composition ``layer, act, layer, ..., layer`` whose norms bound ``Lip(g)``."""
+        """The composition ``layer, act, layer, ..., layer`` whose norms bound ``Lip(g)``.
+
+        Returns:
+            The modules in order of application (what :func:`certify` multiplies).
+        """
         chain: list[nn.Module] = [self.layers[0]]
         for act, layer in zip(self.activations, self.layers[1:], strict=True):
             chain += [act, layer]
@@ -124,7 +153,7 @@ class LipschitzNet(nn.Module):
 
 
 class LipschitzMLP(LipschitzNet):
-    r"""Lipschitz MLP ``g: (B, D) -> (B, D)``, ``D -> hidden... -> D`` with ``Lip(g) < 1``.
+    r"""Lipschitz MLP ``g: (B, D) -> (B, D)`` through the hidden widths, with ``Lip(g) < 1``.
 
     Args:
         features: ``D``.
@@ -194,6 +223,12 @@ class LipschitzCNN(LipschitzNet):
         kernel_size: odd size of the outer convolutions.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
+
+    Example:
+        >>> import torch
+        >>> g = LipschitzCNN(3, 8, coeff=0.9)
+        >>> g(torch.randn(2, 3, 6, 6)).shape
+        torch.Size([2, 3, 6, 6])
     """
 
     def __init__(

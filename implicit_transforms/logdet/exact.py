@@ -47,7 +47,16 @@ class ExactLogDet:
     def jacobian(
         self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
     ) -> tuple[Tensor, Tensor]:
-        """Return ``(g(x), J)`` with ``J: (*batch, N, N)``, ``J[..., i, j] = d g_i / d x_j``."""
+        """Return ``(g(x), J)`` with ``J: (*batch, N, N)``, ``J[..., i, j] = d g_i / d x_j``.
+
+        Args:
+            g: the residual network, ``(*batch, *event) -> (*batch, *event)``.
+            x: input, shape ``(*batch, *event)``; ``N = prod(event)`` at most ``max_dim``.
+            event_dims: number of trailing dimensions forming one sample.
+
+        Returns:
+            ``g(x)`` and the per-sample Jacobian of ``g`` (not of ``x + g(x)``).
+        """
         n = flat_dim(x, event_dims)
         if n > self.max_dim:
             raise ValueError(
@@ -82,7 +91,16 @@ class ExactLogDet:
     def __call__(
         self, g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
     ) -> tuple[Tensor, Tensor]:
-        """Return ``(g(x), log|det(I + J_g(x))|)``; shapes ``(*batch, *event)`` and ``batch``."""
+        """Return ``(g(x), log|det(I + J_g(x))|)``.
+
+        Args:
+            g: the residual network, ``(*batch, *event) -> (*batch, *event)``.
+            x: input, shape ``(*batch, *event)``.
+            event_dims: number of trailing dimensions forming one sample.
+
+        Returns:
+            ``g(x)`` of shape ``(*batch, *event)`` and the log-det of shape ``batch``.
+        """
         gx, jac = self.jacobian(g, x, event_dims=event_dims)
         eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
         return gx, torch.linalg.slogdet(eye + jac).logabsdet

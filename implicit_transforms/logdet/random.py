@@ -35,6 +35,13 @@ def sample_probes(
 
     Returns:
         Tensor of shape ``(n, *S)``.
+
+    Example:
+        >>> import torch
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> v = sample_probes(torch.zeros(4, 3), 2, "rademacher", gen)
+        >>> v.shape, sorted(set(v.flatten().tolist()))
+        (torch.Size([2, 4, 3]), [-1.0, 1.0])
     """
     device = _gen_device(generator, like.device)
     shape = (n, *like.shape)
@@ -49,14 +56,32 @@ def sample_probes(
 
 
 class SeriesLength(Protocol):
-    """Distribution of the random number of series terms ``N >= n_exact_terms``."""
+    """Distribution of the random number of series terms ``N >= n_exact_terms``, for
+    :class:`~implicit_transforms.logdet.RouletteLogDet`: term ``k`` of a series truncated at
+    ``N`` is weighted by ``1 / P(N >= k)``, which makes the truncated sum unbiased.
+    :class:`Geometric` and :class:`Poisson` implement it.
+    """
 
     def sample(self, generator: torch.Generator | None) -> int:
-        """Draw ``N``."""
+        """Draw ``N``.
+
+        Args:
+            generator: source of randomness (global RNG when ``None``).
+
+        Returns:
+            The number of terms, ``>= n_exact_terms``.
+        """
         ...
 
     def survival(self, k: int) -> float:
-        """``P(N >= k)``."""
+        """``P(N >= k)``.
+
+        Args:
+            k: a term index, ``>= 1``.
+
+        Returns:
+            The probability that term ``k`` is evaluated (1 for the exact terms).
+        """
         ...
 
 
@@ -87,11 +112,21 @@ class Fixed:
 
 @dataclass(frozen=True)
 class Geometric:
-    """``N = n_exact_terms + M`` with ``P(M >= j) = (1 - p)^j``, ``j = 0, 1, ...``.
+    r"""``N = n_exact_terms + M`` with ``P(M >= j) = (1 - p)^j``, ``j = 0, 1, ...``.
+
+    .. math:: P(N \ge k) = (1 - p)^{\max(0,\ k - n_\text{exact})}
 
     Args:
         p: success probability in ``(0, 1)``; the expected number of extra terms is ``(1-p)/p``.
         n_exact_terms: terms always evaluated (weight 1).
+
+    Example:
+        >>> import torch
+        >>> length = Geometric(p=0.5, n_exact_terms=2)
+        >>> length.survival(2), length.survival(4)
+        (1.0, 0.25)
+        >>> length.sample(torch.Generator().manual_seed(0)) >= 2
+        True
     """
 
     p: float = 0.5
@@ -124,6 +159,11 @@ class Poisson:
     Args:
         rate: mean number of extra terms, ``> 0``.
         n_exact_terms: terms always evaluated (weight 1).
+
+    Example:
+        >>> length = Poisson(rate=2.0, n_exact_terms=1)
+        >>> length.survival(1), round(length.survival(2), 4)  # P(M >= 1) = 1 - exp(-2)
+        (1.0, 0.8647)
     """
 
     rate: float = 2.0

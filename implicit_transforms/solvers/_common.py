@@ -36,12 +36,26 @@ _SCOPED_TOLERANCE: ContextVar[tuple[float | None, float | None] | None] = Contex
 def default_tolerance(dtype: torch.dtype) -> float:
     r"""The default solver tolerance of a dtype: ``eps^(3/4)``.
 
-    ``eps`` is the dtype's machine epsilon: about 1.8e-12 in float64 and 6.5e-6 in float32.
+    .. math:: \mathrm{tol}(\text{dtype}) = \varepsilon_{\text{dtype}}^{3/4}
+
+    ``eps`` is the machine epsilon: the tolerance is about 1.8e-12 in float64 and 6.4e-6 in
+    float32 (used for both ``atol`` and ``rtol``).
     The evaluation of a residual ``z + g(z) - y`` is only accurate to a few ``eps`` times the
     size of its terms (more for wide networks), so a tolerance must sit well above ``eps``;
     ``eps^(3/4)`` leaves a factor of about 55 (float32) to 8000 (float64) of headroom while
     keeping round trips accurate to far more digits than the dtype's ``sqrt(eps)``. Inside
     :func:`solver_tolerance` the scoped value replaces it.
+
+    Args:
+        dtype: a floating-point dtype.
+
+    Returns:
+        ``eps(dtype) ** 0.75``.
+
+    Example:
+        >>> import torch
+        >>> f"{default_tolerance(torch.float64):.1e}", f"{default_tolerance(torch.float32):.1e}"
+        ('1.8e-12', '6.4e-06')
     """
     return float(torch.finfo(dtype).eps) ** 0.75
 
@@ -77,6 +91,21 @@ def solver_tolerance(
         tol: both tolerances.
         atol: absolute tolerance (overrides ``tol``).
         rtol: relative tolerance (overrides ``tol``).
+
+    Returns:
+        A context manager; the previous defaults come back when it exits (per thread and
+        ``asyncio`` task: the scope is a context variable).
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(4, 2, dtype=torch.float64)
+        >>> F = lambda z: z + 0.5 * torch.sin(z) - y
+        >>> with solver_tolerance(1e-4):
+        ...     loose = fixed_point(F, y)
+        >>> tight = fixed_point(F, y)
+        >>> int(loose.iterations.max()) < int(tight.iterations.max())
+        True
     """
     a = tol if atol is None else atol
     r = tol if rtol is None else rtol
@@ -116,6 +145,20 @@ class Rowwise:
     the flattened batch of the start point) are ``rows: (A,)``, or ``rows=None`` for all of them
     in order, and returns ``F`` on those samples. Solvers then evaluate only the samples that
     have not converged yet. Called with one argument it evaluates every sample.
+
+    Args:
+        fn: ``fn(z, rows) -> F(z)`` of shape ``(A, *event)``.
+
+    Example:
+        A residual ``z + g(z) - y`` whose target ``y`` is indexed by the rows still solved:
+
+        >>> import torch
+        >>> from implicit_transforms.solvers import broyden
+        >>> y = torch.randn(6, 3, dtype=torch.float64)
+        >>> F = Rowwise(lambda z, rows: z + 0.5 * torch.tanh(z) - (y if rows is None else y[rows]))
+        >>> res = broyden(F, y)
+        >>> bool(res.converged.all()), res.sample_evals < res.num_evals * 6
+        (True, True)
     """
 
     def __init__(self, fn: Callable[[Tensor, Tensor | None], Tensor]) -> None:
@@ -129,14 +172,43 @@ class Rowwise:
 
 
 def rowwise(fn: Callable[[Tensor, Tensor | None], Tensor]) -> Rowwise:
-    """Mark ``fn(z, rows)`` as evaluable on a subset of samples (see :class:`Rowwise`)."""
+    """Mark ``fn(z, rows)`` as evaluable on a subset of samples (see :class:`Rowwise`).
+
+    Args:
+        fn: ``fn(z, rows) -> F(z)``; ``rows`` (``(A,)`` indices into the flattened batch, or
+            ``None`` for every sample) says which samples ``z: (A, *event)`` holds.
+
+    Returns:
+        ``Rowwise(fn)``, usable as a decorator.
+
+    Example:
+        >>> import torch
+        >>> y = torch.arange(4.0).reshape(2, 2)
+        >>> @rowwise
+        ... def F(z, rows):
+        ...     return z - (y if rows is None else y[rows])
+        >>> F(torch.zeros(1, 2), torch.tensor([1])).tolist()
+        [[-2.0, -3.0]]
+    """
     return Rowwise(fn)
 
 
 def default_check_every(device: torch.device) -> int:
     """How many iterations a solver runs between reading convergence back to the host: every
     iteration on the CPU (reading is free there), every 4 on accelerators (each read is a
-    device synchronisation)."""
+    device synchronisation).
+
+    Args:
+        device: the device of the solve's start point.
+
+    Returns:
+        ``1`` on the CPU, ``4`` elsewhere.
+
+    Example:
+        >>> import torch
+        >>> default_check_every(torch.device("cpu"))
+        1
+    """
     return 1 if device.type == "cpu" else 4
 
 

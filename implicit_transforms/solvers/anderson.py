@@ -28,6 +28,17 @@ def default_regularization(dtype: torch.dtype) -> float:
     The least-squares problem is solved through its Gram matrix, whose rounding errors are of
     order ``eps`` times its largest entry; a regularisation below that level leaves the
     matrix numerically singular.
+
+    Args:
+        dtype: a floating-point dtype.
+
+    Returns:
+        ``sqrt(eps(dtype))``, relative to the largest diagonal entry of the Gram matrix.
+
+    Example:
+        >>> import torch
+        >>> f"{default_regularization(torch.float32):.1e}"
+        '3.5e-04'
     """
     return math.sqrt(float(torch.finfo(dtype).eps))
 
@@ -66,7 +77,11 @@ def anderson(
 
     With the last ``m`` iterates ``z_i`` and images ``T(z_i)``, residuals ``r_i = -F(z_i)``,
     each sample solves ``min_a ||sum_i a_i r_i||^2`` subject to ``sum_i a_i = 1`` and steps to
-    ``z <- mixing * sum_i a_i T(z_i) + (1 - mixing) * sum_i a_i z_i``.
+    ``z <- mixing * sum_i a_i T(z_i) + (1 - mixing) * sum_i a_i z_i``:
+
+    .. math::
+        a = \arg\min_{\mathbf 1^\top a = 1} \Big\|\sum_i a_i r_i\Big\|_2^2, \qquad
+        z \leftarrow \beta \sum_i a_i T(z_i) + (1 - \beta) \sum_i a_i z_i.
 
     The constrained least-squares problem is solved through the regularised Gram matrix
     ``G = R R^T + lambda max(diag(G)) I`` as ``a = G^{-1} 1 / (1^T G^{-1} 1)`` by a Cholesky
@@ -97,6 +112,13 @@ def anderson(
 
     References:
         Walker & Ni, "Anderson acceleration for fixed-point iterations", 2011.
+
+    Example:
+        >>> import torch
+        >>> y = torch.randn(5, 3, dtype=torch.float64)
+        >>> res = anderson(lambda z: z + 0.9 * torch.sin(z) - y, y, history=3)
+        >>> res.status.name, res.root.shape
+        ('SUCCESS', torch.Size([5, 3]))
     """
     _check(history, mixing, regularization)
     prob = FlatProblem(
@@ -150,8 +172,16 @@ def anderson(
 
 @dataclass(frozen=True)
 class Anderson(SolverConfig):
-    """Configured :func:`anderson` solver, for composing into blocks (fields: its keyword
-    arguments)."""
+    """Configured :func:`~implicit_transforms.solvers.anderson` solver, for composing into blocks
+    (fields: its keyword arguments).
+
+    Example:
+        >>> import torch
+        >>> solver = Anderson(history=3, max_iter=200)
+        >>> y = torch.ones(2, 4, dtype=torch.float64)
+        >>> solver(lambda z: z + 0.5 * torch.tanh(z) - y, y).status.name
+        'SUCCESS'
+    """
 
     max_iter: int = 100
     history: int = 5

@@ -24,6 +24,11 @@ class Solver(Protocol):
     ``F`` maps ``(*batch, *event)`` to the same shape with ``dF/dz`` close to the identity
     (residual form ``z + g(z) - y``); samples are independent and solved to a per-sample
     tolerance. :class:`FixedPoint`, :class:`Anderson` and :class:`Broyden` implement it.
+
+    Example:
+        >>> from implicit_transforms.solvers import Broyden
+        >>> isinstance(Broyden(), Solver)
+        True
     """
 
     def __call__(
@@ -34,8 +39,18 @@ class Solver(Protocol):
         event_dims: int = 1,
         warm_start: WarmState | None = None,
     ) -> SolverResult:
-        """Solve ``fn(z) = 0`` from ``z0`` (and from ``warm_start``, a related solve's
-        :attr:`~SolverResult.warm_state`, when the solver can use it)."""
+        """Solve ``fn(z) = 0`` from ``z0``.
+
+        Args:
+            fn: ``F``, maps ``(*batch, *event)`` to the same shape.
+            z0: start point, shape ``(*batch, *event)``.
+            event_dims: number of trailing dimensions forming one problem.
+            warm_start: a related solve's :attr:`~SolverResult.warm_state`, used when the
+                solver can (Broyden) and ignored otherwise.
+
+        Returns:
+            A :class:`~implicit_transforms.solvers.SolverResult`.
+        """
         ...
 
 
@@ -50,6 +65,15 @@ class SolverConfig:
         rtol: relative tolerance (same default).
         max_iter: maximum number of iterations.
         on_failure: ``"raise"``, ``"warn"`` or ``"ignore"`` when a sample does not converge.
+
+    Example:
+        >>> from implicit_transforms.solvers import Anderson
+        >>> Anderson(history=3).replace(on_failure="warn").options()["on_failure"]
+        'warn'
+        >>> Anderson(history=0)
+        Traceback (most recent call last):
+            ...
+        ValueError: anderson: history must be a positive int, got 0
     """
 
     atol: float | None = None
@@ -78,7 +102,14 @@ class SolverConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def replace(self: _C, **changes: Any) -> _C:
-        """A copy with some fields changed, e.g. ``Broyden().replace(on_failure="warn")``."""
+        """A copy with some fields changed, e.g. ``Broyden().replace(on_failure="warn")``.
+
+        Args:
+            **changes: new values of fields, checked as in the constructor.
+
+        Returns:
+            A new configuration of the same class.
+        """
         return dataclasses.replace(self, **changes)
 
     def __call__(
@@ -89,8 +120,17 @@ class SolverConfig:
         event_dims: int = 1,
         warm_start: WarmState | None = None,
     ) -> SolverResult:
-        """Solve ``fn(z) = 0`` from ``z0`` with this configuration (``warm_start``: see
-        :class:`Solver`)."""
+        """Solve ``fn(z) = 0`` from ``z0`` with this configuration.
+
+        Args:
+            fn: ``F``, maps ``(*batch, *event)`` to the same shape.
+            z0: start point, shape ``(*batch, *event)``.
+            event_dims: number of trailing dimensions forming one problem.
+            warm_start: see :class:`Solver`.
+
+        Returns:
+            A :class:`~implicit_transforms.solvers.SolverResult`.
+        """
         return type(self)._function(
             fn, z0, event_dims=event_dims, warm_start=warm_start, **self.options()
         )

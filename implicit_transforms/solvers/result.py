@@ -21,7 +21,15 @@ OnFailure = Literal["raise", "warn", "ignore"]
 
 
 class SolverStatus(enum.Enum):
-    """Outcome of a whole (batched) solve."""
+    """Outcome of a whole (batched) solve; the value is a readable sentence.
+
+    ``NONFINITE`` wins over ``MAX_ITER``: a batch with one non-finite sample reports it even if
+    other samples merely ran out of iterations.
+
+    Example:
+        >>> SolverStatus.MAX_ITER.value
+        'some samples did not reach the tolerance within max_iter iterations'
+    """
 
     SUCCESS = "every sample converged"
     MAX_ITER = "some samples did not reach the tolerance within max_iter iterations"
@@ -46,7 +54,14 @@ class WarmState(Protocol):
 
 @dataclass(frozen=True)
 class SolverResult:
-    """Per-sample outcome of a batched root-finding solve of ``F(z) = 0``.
+    r"""Per-sample outcome of a batched root-finding solve of ``F(z) = 0``.
+
+    A sample has converged when its best iterate meets the stop test
+
+    .. math:: \|F(z)\|_2 \le \mathrm{atol} + \mathrm{rtol}\,\|z\|_2
+
+    over its event dimensions. The result is frozen; the solvers build it, users read it (or
+    find it on a :class:`~implicit_transforms.ConvergenceError` as ``err.result``).
 
     Attributes:
         root: best iterate per sample (smallest residual seen), shape ``(*batch, *event)``.
@@ -62,6 +77,16 @@ class SolverResult:
         warm_state: what the solver learnt about ``F`` that can start a related solve
             (:class:`WarmState`; Broyden's final inverse-Jacobian approximation), ``None``
             when the solver keeps nothing.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(3, 2, dtype=torch.float64)
+        >>> res = fixed_point(lambda z: z + 0.5 * torch.sin(z) - y, y)
+        >>> res.root.shape, res.residual.shape, res.converged.tolist()
+        (torch.Size([3, 2]), torch.Size([3]), [True, True, True])
+        >>> res.message.startswith("fixed_point: every sample converged (3/3 samples")
+        True
     """
 
     root: Tensor
@@ -113,7 +138,35 @@ class SolverResult:
 
 
 def apply_failure_policy(result: SolverResult, on_failure: OnFailure) -> SolverResult:
-    """Raise, warn or pass through according to ``on_failure`` when ``result`` failed."""
+    """Raise, warn or pass through according to ``on_failure`` when ``result`` failed.
+
+    Every solver ends with this call: it is the only way a solver fails.
+
+    Args:
+        result: the finished solve.
+        on_failure: ``"raise"`` a :class:`~implicit_transforms.ConvergenceError`, ``"warn"``
+            with a :class:`~implicit_transforms.ConvergenceWarning`, or ``"ignore"``.
+
+    Returns:
+        ``result`` itself, unless it raised.
+
+    Raises:
+        ConvergenceError: when ``result`` failed and ``on_failure == "raise"``.
+        ValueError: for an unknown ``on_failure``.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.solvers import fixed_point
+        >>> y = torch.ones(2, 2, dtype=torch.float64)
+        >>> res = fixed_point(lambda z: z + 0.9 * torch.sin(z) - y, y, max_iter=2,
+        ...                   on_failure="ignore")
+        >>> apply_failure_policy(res, "ignore") is res
+        True
+        >>> apply_failure_policy(res, "raise")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        implicit_transforms.errors.ConvergenceError: fixed_point: some samples did not reach ...
+    """
     if result.status is SolverStatus.SUCCESS or on_failure == "ignore":
         return result
     if on_failure == "raise":
