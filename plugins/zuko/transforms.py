@@ -121,8 +121,9 @@ class _InverseBlockTransform(Transform):
         fwd = self._forward
         return fwd.block.inverse_and_logdet(z, fwd.context)
 
-    def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
-        return -self._forward.log_abs_det_jacobian(x, z)
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log|det dy/dx|`` of base ``x`` to data ``y``: no solve."""
+        return -self._forward.log_abs_det_jacobian(y, x)
 
 
 class BlockLazyTransform(LazyTransform):
