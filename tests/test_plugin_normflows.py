@@ -221,3 +221,12 @@ def test_implicit_flow_is_the_trainer_default() -> None:
     pts = x[:3]
     assert torch.allclose(model.log_prob(pts), _exact_log_prob(model, pts), atol=1e-8)
     assert math.isfinite(float(model.forward_kld(x).detach()))
+
+
+def test_empty_batch() -> None:
+    """Empty batches pass through our layers (normflows' own splines refuse them: a reshape
+    with -1 on zero elements)."""
+    flows = [ResFlow(2, [8]), nf.flows.Permute(2, mode="swap"), ImpFlow(2, [8])]
+    model = nf.NormalizingFlow(nf.distributions.DiagGaussian(2), flows).eval()
+    assert model.log_prob(torch.empty(0, 2)).shape == (0,)
+    assert model.forward(torch.empty(0, 2)).shape == (0, 2)
