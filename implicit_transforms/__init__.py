@@ -4,6 +4,8 @@ Stable names are re-exported here; submodules hold the rest (``solvers``, ``impl
 ``logdet``, ``lipschitz``, ``blocks``).
 """
 
+from typing import Any
+
 from implicit_transforms.blocks import (
     BlockOptions,
     ImplicitBlock,
@@ -58,9 +60,20 @@ __all__ = [
     "input_validation",
     "iresnet_block",
     "lipschitz_net",
+    "load_run",
     "resflow_block",
     "set_input_validation",
     "solve_implicit",
     "solver_tolerance",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # ``load_run`` needs nflows (the trainer's flows): imported on first use, so that importing
+    # the package does not import nflows.
+    if name == "load_run":
+        from implicit_transforms.cli.load import load_run
+
+        return load_run
+    raise AttributeError(f"module 'implicit_transforms' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""One options object: the same settings build the same block in the core, nflows and Pyro."""
+"""One options object: the same settings build the same block in the core, nflows, Pyro, normflows
+and zuko."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ pytest.importorskip("pyro")
 from implicit_transforms.plugins import nflows as it_nflows
 from implicit_transforms.plugins import pyro as it_pyro
 
+try:  # the normflows and zuko adapters join the registry when their hosts are installed
+    from implicit_transforms.plugins import normflows as it_normflows
+    from implicit_transforms.plugins import zuko as it_zuko
+except ImportError:  # pragma: no cover - without the extras
+    it_normflows = it_zuko = None
+
 from implicit_transforms import BlockOptions, InvertibleBlock
 from implicit_transforms.blocks import build_block, impflow_block, iresnet_block, resflow_block
 from implicit_transforms.lipschitz import LipSwish, Sine, SpectralLinear
@@ -26,6 +33,7 @@ NFLOWS = {
     "resflow": it_nflows.ResFlowTransform,
     "impflow": it_nflows.ImpFlowTransform,
 }
+NAMES = {"iresnet": "IResNet", "resflow": "ResFlow", "impflow": "ImpFlow"}
 PYRO = {"iresnet": it_pyro.iresnet, "resflow": it_pyro.resflow, "impflow": it_pyro.impflow}
 PYRO_CONDITIONAL = {
     "iresnet": it_pyro.conditional_iresnet,
@@ -35,13 +43,22 @@ PYRO_CONDITIONAL = {
 
 
 def _entry_points(family: str) -> dict[str, Callable[..., InvertibleBlock]]:
-    return {
+    points: dict[str, Callable[..., InvertibleBlock]] = {
         "factory": lambda **kw: FACTORIES[family](3, [8], **kw),
         "build_block": lambda **kw: build_block(family, 3, [8], **kw),
         "nflows": lambda **kw: NFLOWS[family](3, [8], **kw).block,
         "pyro": lambda **kw: PYRO[family](3, [8], **kw).block,
         "pyro-conditional": lambda **kw: PYRO_CONDITIONAL[family](3, 2, [8], **kw).block,
     }
+    if it_normflows is not None and it_zuko is not None:
+        name = NAMES[family]
+        normflows, zuko = getattr(it_normflows, name), getattr(it_zuko, name)
+        conditional = getattr(it_normflows, "Conditional" + name)
+        points["normflows"] = lambda **kw: normflows(3, [8], **kw).block
+        points["normflows-conditional"] = lambda **kw: conditional(3, 2, [8], **kw).block
+        points["zuko"] = lambda **kw: zuko(3, 0, [8], **kw).block
+        points["zuko-conditional"] = lambda **kw: zuko(3, 2, [8], **kw).block
+    return points
 
 
 def _summary(block: InvertibleBlock) -> dict[str, Any]:

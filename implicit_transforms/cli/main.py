@@ -8,6 +8,7 @@ Examples::
     implicit-transforms train --resume runs/checkerboard-impflow-... --steps 4000
     implicit-transforms evaluate runs/checkerboard-impflow-...
     implicit-transforms sample runs/checkerboard-impflow-... -n 1000 --output x.csv
+    implicit-transforms score runs/checkerboard-impflow-... --input x.csv --output logp.csv
     implicit-transforms train --dataset digits --model impflow       # an image flow
     implicit-transforms sample runs/digits-impflow-... -n 64 --output grid.png
     torchrun --nproc_per_node 2 -m implicit_transforms train --dataset mnist --data-root DATA
@@ -30,7 +31,7 @@ import torch
 
 from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM
 from implicit_transforms.cli.config import TrainConfig, add_config_arguments, config_from_args
-from implicit_transforms.cli.data import TOY_DATASETS
+from implicit_transforms.cli.data import TOY_DATASETS, load_array
 from implicit_transforms.cli.distributed import World, setup, teardown
 from implicit_transforms.cli.evaluation import SolveLog, sample
 from implicit_transforms.cli.figures import save_image_grid
@@ -53,7 +54,8 @@ class _UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with the ``train``, ``evaluate`` and ``sample`` subcommands."""
+    """The argument parser with the ``train``, ``evaluate``, ``sample`` and ``score``
+    subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train implicit and residual normalizing flows (ImpFlow, Residual Flows, "
@@ -118,6 +120,21 @@ def build_parser() -> argparse.ArgumentParser:
                           help="which weights (default: best)")  # fmt: skip
     p_sample.add_argument("--device", help="override the run's device")
     _common(p_sample)
+
+    p_score = sub.add_parser(
+        "score",
+        help="log-density of new data under a trained flow",
+        description="Write log p(x) (nats, in the units of the data: the same numbers as "
+        "implicit_transforms.load_run(RUN_DIR).log_prob) of every row of a .npy or .csv file "
+        "(a header line allowed) into a .npy or .csv file, one value per row.",
+    )
+    p_score.add_argument("run_dir", type=Path, help="a directory written by `train`")
+    p_score.add_argument("--input", type=Path, required=True, help="a .npy or .csv file (N, D)")
+    p_score.add_argument("--output", type=Path, required=True, help="a .npy or .csv file (N,)")
+    p_score.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                         help="which weights (default: best)")  # fmt: skip
+    p_score.add_argument("--device", default="cpu", help="where to evaluate (default: cpu)")
+    _common(p_score)
     return parser
 
 
@@ -136,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(args)
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "score":
+            return _score(args)
         return _sample(args)
     except TrainingStopped as err:
         if args.debug:
@@ -379,6 +398,26 @@ def _sample(args: argparse.Namespace) -> int:
             np.savetxt(out, arr, delimiter=",", fmt="%.10g")
     iters = "" if log.mean is None else f" (mean {log.mean:.1f} solver iterations per block)"
     print(f"wrote {args.num_samples} {what} to {out}{iters}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from implicit_transforms.cli.load import load_run, run_config, score_rows
+
+    out = args.output
+    if out.suffix.lower() not in (".npy", ".csv"):
+        raise _UsageError(f"--output must end in .npy or .csv, got {str(out)!r}")
+    if run_config(args.run_dir).is_image:
+        raise _UsageError("score is for vector runs; image runs report bits/dim (`evaluate`)")
+    x = load_array(args.input)
+    flow = load_run(args.run_dir, args.checkpoint, device=args.device)
+    logp = score_rows(flow, x).double().cpu().numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npy":
+        np.save(out, logp)
+    else:
+        np.savetxt(out, logp, fmt="%.10g", header="log_prob", comments="")
+    print(f"wrote {len(logp)} log-densities (nats, data units) to {out}")
     return 0
 
 
