@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from implicit_transforms.data import TOY_DATASETS
+
 if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -115,11 +117,10 @@ def normflows_flow(blocks: int, hidden: list[int]) -> Any:
 
 
 def checkerboard(n: int, seed: int = 0) -> torch.Tensor:
+    """The library's checkerboard (:data:`implicit_transforms.data.TOY_DATASETS`) at half
+    scale (unit squares on ``[-2, 2]^2``, the scale these measurements have always used), float32."""
     gen = torch.Generator().manual_seed(seed)
-    x1 = torch.rand(n, generator=gen) * 4 - 2
-    x2 = torch.rand(n, generator=gen) - torch.randint(0, 2, (n,), generator=gen) * 2.0
-    x2 = x2 + (torch.floor(x1) % 2)
-    return torch.stack([x1, x2], 1)
+    return (TOY_DATASETS["checkerboard"](n, gen) / 2).float()
 
 
 def train_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: Any, data: torch.Tensor,

@@ -15,17 +15,12 @@ import torch
 pytest.importorskip("nflows")
 
 from implicit_transforms.cli.config import TrainConfig
-from implicit_transforms.cli.data import (
-    TOY_DATASETS,
-    checkerboard,
-    load_array,
-    load_dataset,
-    split_and_standardize,
-)
+from implicit_transforms.cli.data import load_array, load_dataset, split_and_standardize
 from implicit_transforms.cli.main import main
 from implicit_transforms.cli.models import Standardize
 from implicit_transforms.cli.session import Session, select_device
 from implicit_transforms.cli.training import EMA, batch_indices, lr_factor
+from implicit_transforms.data.toy import TOY_DATASETS, checkerboard
 
 # A tiny run: 2 blocks of width 8 on 400 points, 6 steps, validation every 3 steps.
 TINY = [

@@ -1,4 +1,8 @@
-r"""Real data sets for density estimation, loaded from local files or from PyPI packages.
+r"""Data for density estimation: seeded 2-D toy densities, and real data sets loaded from
+local files or from PyPI packages.
+
+* Toy densities (:mod:`implicit_transforms.data.toy`): ``TOY_DATASETS`` (checkerboard, moons,
+  ...), used by the command line, the benchmarks and the tutorials alike.
 
 * The MAF tabular sets (:mod:`implicit_transforms.data.maf`): ``power`` (D=6), ``gas`` (8),
   ``hepmass`` (21), ``miniboone`` (43), ``bsds300`` (63), read from a data root holding the
@@ -30,13 +34,16 @@ from implicit_transforms.data.maf import (
     load_power,
 )
 from implicit_transforms.data.splits import Splits
+from implicit_transforms.data.toy import KNOWN_ENTROPY_BITS, TOY_DATASETS
 
 __all__ = [
     "BUNDLED_DATASETS",
+    "KNOWN_ENTROPY_BITS",
     "MAF_DATASETS",
     "MAF_DIMENSIONS",
     "MAF_FILES",
     "REAL_DATASETS",
+    "TOY_DATASETS",
     "Splits",
     "load_bsds300",
     "load_gas",
