@@ -81,10 +81,11 @@ for _notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(torch|numpy|np|nflows|pyro|pdist|collections|typing|pathlib|enum|contextlib|builtins)"
+        r"(torch|numpy|np|nflows|normflows|zuko|pyro|pdist|collections|typing|pathlib|enum|contextlib|builtins)"
         r"(\..*)?",
     ),
     (r"py:.*", r"(.*\.)?_[A-Za-z].*"),  # private helpers named in annotations
+    (r"py:.*", r"implicit_transforms\.cli\..*"),  # the command line's internals have no page
     (r"py:class", r"(dict|list|tuple|set|type)\[.*"),  # pieces of a generic annotation
 ]
 # Broken references in docstrings outside the modules whose docstrings came with these pages

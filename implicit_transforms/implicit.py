@@ -36,7 +36,7 @@ __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
 
 DEFAULT_ADJOINT = ADJOINT_SOLVER
 """The adjoint solver when none is given (its value lives in the assembly table,
-:data:`~implicit_transforms.recipes.ADJOINT_SOLVER`)."""
+:data:`~implicit_transforms.recipes.families.ADJOINT_SOLVER`)."""
 """The adjoint solver used when none is given."""
 
 _NO_SECOND_DERIVATIVE = (

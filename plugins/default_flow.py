@@ -11,7 +11,7 @@ Why this flow (``benchmarks/README.md``, "The trainer's defaults"): on the check
 steps on one CPU thread, it reached 5.059 ± 0.004 test bits (entropy 5.00) where four spline
 couplings reached 5.129 with 34% more parameters, four ImpFlow blocks 5.376 and four Residual
 Flow blocks 5.455. The exact log-det (2-D) and learning rate 2e-3 were chosen in the same
-table; events larger than :data:`~implicit_transforms.blocks.EXACT_LOGDET_MAX_DIM` fall back to
+table; events larger than :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` fall back to
 the family's stochastic estimator for training.
 """
 
@@ -104,7 +104,7 @@ def impflow_changes(
 ) -> dict[str, Any]:
     """The :class:`~implicit_transforms.blocks.BlockOptions` changes of the recipe's ImpFlow
     blocks: its coefficient and activation, and the exact log-det for events of at most
-    :data:`~implicit_transforms.blocks.EXACT_LOGDET_MAX_DIM` features (as the trainer's
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` features (as the trainer's
     ``--logdet exact`` default for ``rq-impflow``). What the caller sets, in ``options`` or
     ``changes``, wins."""
     recipe: dict[str, Any] = {"coeff": settings.coeff, "activation": settings.activation}

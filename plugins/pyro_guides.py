@@ -25,7 +25,7 @@ A *flow stack* is the transform of a normalizing-flow guide ``z = T(x)``, ``x ~ 
 Scoring. The log-det each block reports is an explicit setting (see
 :class:`~implicit_transforms.blocks.InvertibleBlock`). The recipes make it **exact in
 training and in evaluation** for latent dimensions up to
-:data:`~implicit_transforms.blocks.EXACT_LOGDET_MAX_DIM` (64): the ELBO's gradient has no
+:data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` (64): the ELBO's gradient has no
 log-det noise, and ``log_prob`` read after SVI (when Pyro leaves the guide in training mode)
 is the exact density. Above 64 the family's Russian-roulette estimator is used in training
 (unbiased; one series length per call, shared by the batch) and in evaluation unless you

@@ -47,7 +47,11 @@ def _resolve(name: str) -> Any:
         try:
             obj = importlib.import_module(".".join(parts[:i]))
         except Exception:
-            return None
+            # A name a package exports lazily (PEP 562 ``__getattr__``), not a submodule.
+            try:
+                obj = getattr(obj, attr)
+            except Exception:
+                return None
     return obj
 
 

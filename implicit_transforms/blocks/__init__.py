@@ -13,7 +13,13 @@ from implicit_transforms.blocks.factories import (
     resflow_block,
 )
 from implicit_transforms.blocks.implicit import ImplicitBlock
-from implicit_transforms.blocks.options import FAMILIES, BlockOptions, Family, make_options
+from implicit_transforms.blocks.options import (
+    FAMILIES,
+    BlockOptions,
+    Family,
+    adjoint_for,
+    make_options,
+)
 from implicit_transforms.blocks.residual import ResidualBlock
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "ImplicitBlock",
     "InvertibleBlock",
     "ResidualBlock",
+    "adjoint_for",
     "build_block",
     "impflow_block",
     "iresnet_block",

@@ -33,10 +33,10 @@ def build_block(
     **changes: Any,
 ) -> InvertibleBlock:
     """A block of ``family`` (``"iresnet"``, ``"resflow"`` or ``"impflow"``):
-    ``BlockSpec.from_options(...).build()`` (:class:`~implicit_transforms.recipes.BlockSpec`).
+    ``BlockSpec.from_options(...).build()`` (:class:`~implicit_transforms.recipes.spec.BlockSpec`).
 
     Args:
-        family: which table entry (:data:`~implicit_transforms.recipes.FAMILIES`) fills the
+        family: which table entry (:data:`~implicit_transforms.recipes.families.FAMILIES`) fills the
             unset options.
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
         hidden: hidden sizes (MLP) or hidden channels (CNN).

@@ -84,7 +84,7 @@ class BlockOptions:
         on_failure: failure policy of the default forward and adjoint solvers: ``"raise"``
             (default), ``"warn"`` or ``"ignore"``.
         logdet_train: training log-det estimator. Default: exact (``ExactLogDet``) for events
-            of at most :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements
+            of at most :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements
             unless ``n_probes``, ``n_exact_terms``, ``n_terms`` or ``generator`` is given;
             otherwise the family's estimator (iresnet: 5-term power series; others: unbiased
             roulette with Neumann gradient).
@@ -171,7 +171,7 @@ class BlockOptions:
             family: a name in :data:`FAMILIES` or a :class:`Family`.
             event_shape: the blocks' event shape; with it, an unset training estimator is
                 exact for events of at most
-                :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements
+                :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements
                 (without it, the family's estimator).
         """
         fam = FAMILIES.get(family) if isinstance(family, str) else family
@@ -238,11 +238,11 @@ def training_logdet_doc(family: str) -> str:
     return f"""
 
     Training-mode log-det: exact (``ExactLogDet``) for events of at most
-    :data:`~implicit_transforms.blocks.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to which it
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to which it
     costs no more than the estimator. Larger events get
     {kind}, which changes from call to call: for the exact value
     pass ``logdet_train=ExactLogDet()``, or call ``.eval()`` (exact up to
-    :data:`~implicit_transforms.blocks.EXACT_LOGDET_MAX_DIM` elements unless ``logdet_eval`` is
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` elements unless ``logdet_eval`` is
     given). Giving ``logdet_train`` or a setting of the estimator
     (``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``) keeps that estimator."""
 

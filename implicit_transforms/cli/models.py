@@ -99,7 +99,7 @@ def make_logdet(cfg: TrainConfig, generator: torch.Generator | None) -> LogDetEs
 def block_spec(
     cfg: TrainConfig, features: int, generator: torch.Generator | None = None
 ) -> BlockSpec | None:
-    """The :class:`~implicit_transforms.recipes.BlockSpec` of the residual or implicit blocks of
+    """The :class:`~implicit_transforms.recipes.spec.BlockSpec` of the residual or implicit blocks of
     the vector model ``cfg`` describes (``None`` for ``rq-coupling``): what ``config.json``
     stores under ``"block_spec"``.
 

@@ -3,7 +3,7 @@
 
 The factories, the nflows and Pyro adapters, ``image_flow`` and the command line all read
 their defaults and names from here; a new family is one new entry in
-:data:`~implicit_transforms.recipes.FAMILIES`.
+:data:`~implicit_transforms.recipes.families.FAMILIES`.
 """
 
 from typing import Any

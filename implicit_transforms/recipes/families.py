@@ -75,7 +75,7 @@ FAMILIES: dict[str, Family] = {
         "impflow", 0.97, "sin", lambda p: Broyden(on_failure=p), "roulette", networks=2
     ),
 }
-"""The three block families and their defaults: the papers' configurations, except the
+"""The three block families and their defaults. They are the papers' configurations, except the
 activation of ResFlow and ImpFlow, chosen by measurement. Residual Flows' LipSwish starts
 almost linear on standardised data and stalls on the Gaussian fit; ``sin(2 pi x) / (2 pi)``
 does not (800 Adam steps, ``[64, 64]`` networks, test bits, LipSwish vs sine: moons 3.54 vs
@@ -148,12 +148,12 @@ def recipe_solver(on_failure: OnFailure) -> SolverConfig:
 
 
 GUIDE_ACTIVATION = "lipswish"
-"""The activation of the Pyro helpers and recipes (variational guides): ``benchmarks/vi.py``
+"""The activation of the Pyro helpers and recipes, the variational guides. ``benchmarks/vi.py``
 measured the opposite of the density benchmarks there (LipSwish +0.61 nats on the funnel over
 sine)."""
 
 TRAINER_ACTIVATION = "sin"
-"""The command line's activation for vector data, every family (i-ResNet included): on
+"""The command line's activation for vector data, in every family, i-ResNet included. On
 standardised 2-D data LipSwish and ELU networks start almost linear and sat on the Gaussian
 fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it at once."""
 

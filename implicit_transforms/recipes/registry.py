@@ -53,8 +53,8 @@ ACTIVATION_NAMES = tuple(ACTIVATIONS)
 """Names of the 1-Lipschitz activations."""
 
 MODELS = ("impflow", "resflow", "iresnet", "rq-coupling", "rq-impflow")
-"""The command line's vector models: a block family, nflows' RQ spline coupling, or the two
-alternating."""
+"""The command line's vector models. Each is a block family, nflows' RQ spline coupling, or
+the two alternating."""
 
 
 def _preset(family: str, **extra: Any) -> dict[str, Any]:
@@ -92,9 +92,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     # bits where ImpFlow-4 alone reaches 5.35-5.39 and the roulette estimator at lr 1e-3 5.15.
     "rq-impflow": _preset("impflow", logdet="exact", lr=2e-3),
 }
-"""The command line's per-model settings for the fields left unset: each family's table
-entry (:data:`~implicit_transforms.recipes.FAMILIES`) with the trainer's activation
-(:data:`~implicit_transforms.recipes.TRAINER_ACTIVATION`)."""
+"""The command line's per-model settings for the fields left unset. Each is the family's table
+entry (:data:`~implicit_transforms.recipes.families.FAMILIES`) with the trainer's activation
+(:data:`~implicit_transforms.recipes.families.TRAINER_ACTIVATION`)."""
 
 
 def make_solver(name: str, **fields: Any) -> SolverConfig:
