@@ -55,6 +55,13 @@ def _is_int(value: Any) -> bool:
 def check_positive_int(value: Any, name: str) -> int:
     """``value`` as an ``int >= 1`` (numpy integers accepted; bools refused).
 
+    Args:
+        value: the value to check.
+        name: the argument's name, for the error message.
+
+    Returns:
+        ``int(value)``.
+
     Example:
         >>> check_positive_int(3, "features")
         3
@@ -73,6 +80,13 @@ def check_positive_int(value: Any, name: str) -> int:
 def check_event_shape(value: Any, name: str) -> tuple[int, ...]:
     """An event shape: an int ``D`` (vectors ``(*, D)``) or a sequence ``(D,)`` or
     ``(C, H, W)`` of positive ints, returned as a tuple.
+
+    Args:
+        value: ``D``, ``(D,)`` or ``(C, H, W)``.
+        name: the argument's name, for the error message.
+
+    Returns:
+        the shape as a tuple of ints.
 
     Example:
         >>> check_event_shape(2, "event_shape"), check_event_shape([1, 4, 4], "event_shape")
@@ -93,6 +107,13 @@ def check_hidden(value: Any, name: str) -> list[int]:
     """Hidden sizes: a sequence of positive ints, or one int for a single hidden layer
     (``16`` is ``[16]``, as nflows' own ``hidden_features``). For convolutional networks the
     first entry is the number of hidden channels.
+
+    Args:
+        value: an int or a sequence of positive ints.
+        name: the argument's name, for the error message.
+
+    Returns:
+        the hidden sizes as a list.
 
     Example:
         >>> check_hidden(16, "hidden_dims"), check_hidden((32, 32), "hidden_dims")
@@ -117,6 +138,14 @@ def real_scalar(value: Any, name: str, expected: str = "a real number") -> float
     0-d real tensor; bools, complex numbers and tensors with more than one element are
     refused.
 
+    Args:
+        value: the number.
+        name: the argument's name, for the error message.
+        expected: what the message says was expected.
+
+    Returns:
+        ``float(value)``.
+
     Example:
         >>> import numpy as np
         >>> real_scalar(np.float32(0.5), "coeff")
@@ -140,6 +169,10 @@ def check_instance(value: Any, name: str) -> None:
     """Refuse a class where an instance is expected (``solver=Broyden`` for ``Broyden()``):
     classes are callable, so without this check the mistake surfaces at the first call, far
     from where it was made.
+
+    Args:
+        value: the value to check (``None`` passes).
+        name: the argument's name, for the error message.
 
     Example:
         >>> from implicit_transforms.solvers import Broyden

@@ -51,6 +51,13 @@ def circular_grid(input_size: tuple[int, int], kernel_size: int) -> tuple[int, i
     the zero-padded convolution, and embeddings and restrictions have norm 1. The torus is at
     least ``k x k`` so that the kernel fits.
 
+    Args:
+        input_size: the convolution's input ``(H, W)``.
+        kernel_size: odd kernel size ``k``.
+
+    Returns:
+        The torus ``(N_1, N_2)``.
+
     Example:
         >>> circular_grid((8, 8), 3)
         (9, 9)
@@ -89,6 +96,12 @@ def gram(mats: Tensor) -> Tensor:
     """The smaller Gram matrix of each matrix, ``M^H M`` or ``M M^H``: ``(F, m, n) -> (F, k, k)``
     with ``k = min(m, n)``; its eigenvalues are the squared singular values.
 
+    Args:
+        mats: ``(F, m, n)`` real or complex matrices.
+
+    Returns:
+        ``(F, k, k)`` Hermitian positive semi-definite matrices.
+
     Example:
         >>> gram(torch.eye(3)[None, :2]).shape
         torch.Size([1, 2, 2])
@@ -104,6 +117,9 @@ def exact_operator_norm(weight: Tensor, spatial_size: tuple[int, int] | None = N
     Args:
         weight: ``(D_out, D_in)`` or a kernel ``(C_out, C_in, k, k)``.
         spatial_size: the convolution's input ``(H, W)`` (ignored for dense weights).
+
+    Returns:
+        A 0-d tensor, differentiable in ``weight``.
 
     Example:
         >>> float(exact_operator_norm(torch.diag(torch.tensor([3.0, 1.0]))))

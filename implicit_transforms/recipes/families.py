@@ -118,6 +118,12 @@ def helper_hidden(features: int) -> list[int]:
     """Hidden sizes of the bare Pyro helpers (``resflow``/``impflow``/``iresnet``): two
     layers of ``max(16, 8 D)`` (one block alone carries the whole guide).
 
+    Args:
+        features: the event size ``D``.
+
+    Returns:
+        The hidden sizes.
+
     Example:
         >>> helper_hidden(3)
         [24, 24]
@@ -129,6 +135,12 @@ def recipe_hidden(features: int) -> list[int]:
     """Hidden sizes of the Pyro recipes' blocks (``flow_stack``, ``AutoFlowStack``): two
     layers of ``max(32, 4 D)``, the width ``benchmarks/vi.py`` measured best at equal cost.
 
+    Args:
+        features: the event size ``D``.
+
+    Returns:
+        The hidden sizes.
+
     Example:
         >>> recipe_hidden(100)
         [400, 400]
@@ -139,6 +151,12 @@ def recipe_hidden(features: int) -> list[int]:
 def recipe_solver(on_failure: OnFailure) -> SolverConfig:
     """The Pyro recipes' ImpFlow solver: Anderson acceleration (same cost per training step
     as Broyden, 1.1x to 2.5x faster sampling in ``benchmarks/vi.py``).
+
+    Args:
+        on_failure: the solver's failure policy.
+
+    Returns:
+        An :class:`~implicit_transforms.solvers.Anderson` configuration.
 
     Example:
         >>> type(recipe_solver("raise")).__name__

@@ -71,6 +71,12 @@ def _preset(family: str, **extra: Any) -> dict[str, Any]:
 def solver_name(solver: SolverConfig) -> str:
     """The registry name of a configured solver.
 
+    Args:
+        solver: a configured solver of :data:`SOLVERS`.
+
+    Returns:
+        Its name.
+
     Example:
         >>> solver_name(Broyden())
         'broyden'
@@ -100,6 +106,13 @@ entry (:data:`~implicit_transforms.recipes.families.FAMILIES`) with the trainer'
 def make_solver(name: str, **fields: Any) -> SolverConfig:
     """The solver ``name`` configured with ``fields`` (unset ones keep their defaults).
 
+    Args:
+        name: one of :data:`SOLVERS`.
+        **fields: the solver's configuration fields (``None`` values are left unset).
+
+    Returns:
+        The configured solver.
+
     Example:
         >>> make_solver("anderson", max_iter=50).max_iter
         50
@@ -121,6 +134,16 @@ def make_logdet(
     ``n_terms``) or ``"roulette"`` (unbiased, ``n_exact_terms`` always-evaluated terms,
     Neumann gradient); ``n_probes`` Hutchinson probes; unset settings take the families'
     defaults.
+
+    Args:
+        name: one of :data:`LOGDETS`.
+        n_terms: terms of the truncated series.
+        n_probes: Hutchinson probes per sample.
+        n_exact_terms: terms the roulette series always evaluates.
+        generator: randomness of the estimator.
+
+    Returns:
+        The estimator.
 
     Example:
         >>> make_logdet("power-series", n_terms=8).n_terms
@@ -144,6 +167,12 @@ def component_spec(component: Any) -> dict[str, Any]:
     """A configured solver as ``{"name": ..., **fields}`` (JSON-ready), the inverse of
     :func:`make_solver`.
 
+    Args:
+        component: a configured solver.
+
+    Returns:
+        Its registry name and fields.
+
     Example:
         >>> component_spec(Broyden(max_iter=30))["max_iter"]
         30
@@ -154,6 +183,17 @@ def component_spec(component: Any) -> dict[str, Any]:
 
 
 def solver_from_spec(spec: Mapping[str, Any]) -> SolverConfig:
-    """The inverse of :func:`component_spec` for solvers."""
+    """The inverse of :func:`component_spec` for solvers.
+
+    Args:
+        spec: ``{"name": ..., **fields}``.
+
+    Returns:
+        The configured solver.
+
+    Example:
+        >>> solver_from_spec({"name": "fixed-point", "max_iter": 9}).max_iter
+        9
+    """
     fields = dict(spec)
     return make_solver(str(fields.pop("name")), **fields)

@@ -49,6 +49,16 @@ def lipschitz_net(
     ``hidden`` is the list of hidden sizes (MLP) or the number of hidden channels (CNN; a
     sequence uses its first entry).
 
+    Args:
+        event_shape: ``D`` or ``(D,)`` for vectors, ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP) or hidden channels (CNN).
+        coeff: Lipschitz coefficient of every layer.
+        activation: the activation's name.
+        context_features: size of a context entering as a bias, or ``None``.
+
+    Returns:
+        The network.
+
     Example:
         >>> type(lipschitz_net(3, [8])).__name__, type(lipschitz_net((1, 4, 4), 8)).__name__
         ('LipschitzMLP', 'LipschitzCNN')
