@@ -113,6 +113,12 @@ def test_the_walk_finds_the_plugins_and_the_cli() -> None:
     for name in (
         "implicit_transforms.plugins.pyro_guides",
         "implicit_transforms.plugins.nflows_images",
+        "implicit_transforms.plugins.nflows.transforms",
+        "implicit_transforms.plugins.nflows.images",
+        "implicit_transforms.plugins.pyro.transforms",
+        "implicit_transforms.plugins.pyro.helpers",
+        "implicit_transforms.plugins.pyro.distribution",
+        "implicit_transforms.plugins.pyro.guides",
         "implicit_transforms.cli.main",
         "implicit_transforms.__main__",
     ):

@@ -35,9 +35,16 @@ def test_wheel_contains_plugins(tmp_path: Path) -> None:
         "implicit_transforms/__init__.py",
         "implicit_transforms/solvers/broyden.py",
         "implicit_transforms/plugins/__init__.py",
-        "implicit_transforms/plugins/nflows.py",
+        "implicit_transforms/plugins/nflows/__init__.py",
+        "implicit_transforms/plugins/nflows/transforms.py",
+        "implicit_transforms/plugins/nflows/images.py",
         "implicit_transforms/plugins/nflows_images.py",
-        "implicit_transforms/plugins/pyro.py",
+        "implicit_transforms/plugins/pyro/__init__.py",
+        "implicit_transforms/plugins/pyro/transforms.py",
+        "implicit_transforms/plugins/pyro/helpers.py",
+        "implicit_transforms/plugins/pyro/distribution.py",
+        "implicit_transforms/plugins/pyro/guides.py",
+        "implicit_transforms/plugins/pyro_guides.py",
         "implicit_transforms/images/data.py",
         "implicit_transforms/cli/distributed.py",
         "implicit_transforms/cli/load.py",
@@ -56,5 +63,6 @@ def test_plugins_import_under_package_name() -> None:
     import implicit_transforms.plugins.nflows as nf
     import implicit_transforms.plugins.pyro as pp
 
-    assert nf.ImpFlowTransform.__module__ == "implicit_transforms.plugins.nflows"
-    assert pp.ImpFlow.__module__ == "implicit_transforms.plugins.pyro"
+    assert nf.ImpFlowTransform.__module__ == "implicit_transforms.plugins.nflows.transforms"
+    assert pp.ImpFlow.__module__ == "implicit_transforms.plugins.pyro.helpers"
+    assert pp.flow_stack.__module__ == "implicit_transforms.plugins.pyro.guides"

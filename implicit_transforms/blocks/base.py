@@ -20,7 +20,7 @@ from implicit_transforms.recipes.families import EXACT_LOGDET_MAX_DIM, EXACT_LOG
 from implicit_transforms.solvers import Solver, SolverResult
 from implicit_transforms.validation import validating_inputs
 
-__all__ = ["EXACT_LOGDET_MAX_DIM", "EXACT_LOGDET_TRAIN_MAX_DIM", "InvertibleBlock"]
+__all__ = ["EXACT_LOGDET_MAX_DIM", "EXACT_LOGDET_TRAIN_MAX_DIM", "InverseBlock", "InvertibleBlock"]
 
 
 class InvertibleBlock(nn.Module):
@@ -35,6 +35,8 @@ class InvertibleBlock(nn.Module):
     * ``logdet(x, context=None)``: the forward log-det at ``x`` without any inverse solve;
     * ``logdet_pair(x, y, context=None)``: the same when ``y`` is known, without any solve;
     * ``forward_map(x)`` / ``inverse_map(y)``: the outputs alone, skipping every log-det;
+    * ``inv``: the block with its directions exchanged (an :class:`InverseBlock` view that
+      shares this block's parameters);
     * ``context``: ``(*, C)`` or any shape broadcastable to it, or ``None``;
     * ``last_solve``: the :class:`~implicit_transforms.solvers.SolverResult` of the most
       recent solve (``None`` before any); ``last_adjoint_solve``: the same for the most recent
@@ -64,7 +66,6 @@ class InvertibleBlock(nn.Module):
     last_adjoint_solve: SolverResult | None
     solver: Solver
     adjoint_solver: Solver
-    _skip_logdet: bool = False
 
     def _init_block(
         self,
@@ -150,8 +151,6 @@ class InvertibleBlock(nn.Module):
 
     def estimator(self, event_numel: int) -> LogDetEstimator:
         """The estimator used now (depends on training mode and the event size)."""
-        if self._skip_logdet:
-            return _value_only
         _refuse_functorch(type(self).__name__, "computes a log-determinant")
         if self.training:
             return self.logdet_train
@@ -247,23 +246,23 @@ class InvertibleBlock(nn.Module):
         return self.logdet(x, context)
 
     def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """The forward map ``y = f(x)`` alone: :meth:`forward_and_logdet` without the log-det
-        work (its estimator is replaced by a plain evaluation of the networks). Used to sample,
-        where no density is needed; the solves, and their failure policy, are unchanged."""
-        self._skip_logdet = True
-        try:
-            return self.forward_and_logdet(x, context)[0]
-        finally:
-            self._skip_logdet = False
+        """The forward map ``y = f(x)`` alone, for sampling, where no density is needed.
+
+        Both shipped blocks override it to skip every log-det evaluation (the solves, and their
+        failure policy, are unchanged); this default, for other subclasses, is
+        :meth:`forward_and_logdet` with its log-det discarded.
+        """
+        return self.forward_and_logdet(x, context)[0]
 
     def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        """The inverse map ``x = f^{-1}(y)`` alone (:meth:`inverse_and_logdet` without the
-        log-det work), like :meth:`forward_map`."""
-        self._skip_logdet = True
-        try:
-            return self.inverse_and_logdet(y, context)[0]
-        finally:
-            self._skip_logdet = False
+        """The inverse map ``x = f^{-1}(y)`` alone, like :meth:`forward_map` (default:
+        :meth:`inverse_and_logdet` with its log-det discarded)."""
+        return self.inverse_and_logdet(y, context)[0]
+
+    @property
+    def inv(self) -> InverseBlock:
+        """This block with its directions exchanged (an :class:`InverseBlock` view)."""
+        return InverseBlock(self)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Same as :meth:`forward_and_logdet`."""
@@ -285,9 +284,91 @@ def _refuse_functorch(kind: str, what: str) -> None:
         )
 
 
-def _value_only(
-    g: Callable[[Tensor], Tensor], x: Tensor, *, event_dims: int = 1
-) -> tuple[Tensor, Tensor]:
-    """A stand-in estimator that evaluates ``g`` and returns a zero log-det (for
-    :meth:`InvertibleBlock.forward_map`, whose log-det is discarded)."""
-    return g(x), x.new_zeros(x.shape[: x.dim() - event_dims])
+class InverseBlock:
+    r"""A block with its directions exchanged: the same contract, ``f^{-1}`` as the forward map.
+
+    A view, not a copy: it holds no parameters of its own (they stay registered on the block,
+    under the same names) and ``.inv`` gives the block back. For a residual block the forward
+    map of the view is the solve and its inverse map the explicit ``x + g(x)``: density
+    estimation then scores data without a solve.
+
+    * ``forward_and_logdet(x)`` is ``block.inverse_and_logdet(x)``, ``inverse_and_logdet(y)``
+      is ``block.forward_and_logdet(y)``, and likewise for ``forward_map`` / ``inverse_map``;
+    * ``logdet_pair(x, y) = -block.logdet_pair(y, x)``: ``x`` is the block's image of ``y``,
+      and ``log|det d f^{-1}/dx|(x) = -log|det df/dy|(y)``; no solve;
+    * ``logdet(x)`` is the log-det of ``forward_and_logdet(x)`` (for a residual block, a solve).
+
+    Args:
+        block: the block to invert.
+
+    Example:
+        >>> import torch
+        >>> from implicit_transforms.blocks import resflow_block
+        >>> block = resflow_block(2, [8])
+        >>> inverse = block.inv
+        >>> x = torch.randn(4, 2)
+        >>> z, ld = inverse.forward_and_logdet(block.forward_map(x))
+        >>> torch.allclose(z, x, atol=1e-4), inverse.inv is block
+        (True, True)
+    """
+
+    def __init__(self, block: InvertibleBlock) -> None:
+        if not isinstance(block, InvertibleBlock):
+            raise TypeError(f"block must be an InvertibleBlock, got {type(block).__name__}")
+        self._block = block
+
+    @property
+    def inv(self) -> InvertibleBlock:
+        """The block this view inverts."""
+        return self._block
+
+    @property
+    def event_dims(self) -> int:
+        """Number of event dimensions (the block's)."""
+        return self._block.event_dims
+
+    @property
+    def context_features(self) -> int | None:
+        """Context size (the block's)."""
+        return self._block.context_features
+
+    @property
+    def last_solve(self) -> SolverResult | None:
+        """The block's most recent solve."""
+        return self._block.last_solve
+
+    @property
+    def last_adjoint_solve(self) -> SolverResult | None:
+        """The block's most recent adjoint solve."""
+        return self._block.last_adjoint_solve
+
+    def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f^{-1}(x), log|det d f^{-1}/dx|)``: the block's inverse."""
+        return self._block.inverse_and_logdet(x, context)
+
+    def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(f(y), log|det df/dy|)``: the block's forward."""
+        return self._block.forward_and_logdet(y, context)
+
+    def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``f^{-1}(x)`` alone (the block's :meth:`~InvertibleBlock.inverse_map`)."""
+        return self._block.inverse_map(x, context)
+
+    def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """``f(y)`` alone (the block's :meth:`~InvertibleBlock.forward_map`)."""
+        return self._block.forward_map(y, context)
+
+    def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log|det d f^{-1}/dx|`` at ``x``, shape ``(*)`` (computes ``f^{-1}(x)``)."""
+        return self.forward_and_logdet(x, context)[1]
+
+    def logdet_pair(self, x: Tensor, y: Tensor, context: Tensor | None = None) -> Tensor:
+        """``log|det d f^{-1}/dx|`` for a known pair ``y = f^{-1}(x)``: never solves."""
+        return -self._block.logdet_pair(y, x, context)
+
+    def __call__(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Same as :meth:`forward_and_logdet`."""
+        return self.forward_and_logdet(x, context)
+
+    def __repr__(self) -> str:
+        return f"InverseBlock({self._block!r})"

@@ -1,4 +1,4 @@
-"""The blocks as ``nflows.transforms.Transform`` subclasses.
+"""The nflows adapter: the blocks as ``nflows.transforms.Transform`` subclasses.
 
 ``forward(inputs, context)`` maps data to noise and returns ``(outputs, logabsdet)`` with
 ``logabsdet`` of shape ``[batch]``; ``inverse`` maps noise back to data. For the residual blocks
@@ -20,7 +20,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -36,15 +36,6 @@ from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_bloc
 from implicit_transforms.blocks.options import training_logdet_doc
 from implicit_transforms.solvers import SolverResult
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
-
-if TYPE_CHECKING:  # at run time they are resolved on first access (``__getattr__`` below)
-    from implicit_transforms.plugins.nflows_images import (
-        FlattenTransform,
-        LogitTransform,
-        image_flow,
-        initialize_actnorm,
-        level_shapes,
-    )
 
 __all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
 
@@ -177,31 +168,3 @@ class ImpFlowTransform(_FamilyTransform):
         + _ARGS
     )
     _family = "impflow"
-
-
-# The image builder lives in its own module, which builds on BlockTransform; its names are
-# re-exported here, resolved on first access (PEP 562): importing them at the top would make the
-# two modules import each other, and whichever a program imported first would find the other
-# half-initialised.
-_IMAGE_NAMES = (
-    "FlattenTransform",
-    "LogitTransform",
-    "image_flow",
-    "initialize_actnorm",
-    "level_shapes",
-)
-__all__ += [
-    "FlattenTransform",
-    "LogitTransform",
-    "image_flow",
-    "initialize_actnorm",
-    "level_shapes",
-]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _IMAGE_NAMES:
-        from implicit_transforms.plugins import nflows_images
-
-        return getattr(nflows_images, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

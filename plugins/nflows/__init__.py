@@ -1,0 +1,40 @@
+"""The blocks in nflows: ``implicit_transforms.plugins.nflows``.
+
+* :mod:`~implicit_transforms.plugins.nflows.transforms`: the adapter, any block as an nflows
+  ``Transform`` (:class:`BlockTransform`) and one transform per family;
+* :mod:`~implicit_transforms.plugins.nflows.images`: multiscale image flows built from them
+  (:func:`image_flow`).
+
+Needs the ``nflows`` extra: ``pip install 'implicit-transforms[nflows]'``.
+
+"""
+
+from implicit_transforms.plugins.nflows.images import (
+    CheckedActNorm,
+    FlattenTransform,
+    LevelBuilder,
+    LogitTransform,
+    image_flow,
+    initialize_actnorm,
+    level_shapes,
+)
+from implicit_transforms.plugins.nflows.transforms import (
+    BlockTransform,
+    ImpFlowTransform,
+    IResNetTransform,
+    ResFlowTransform,
+)
+
+__all__ = [
+    "BlockTransform",
+    "CheckedActNorm",
+    "FlattenTransform",
+    "IResNetTransform",
+    "ImpFlowTransform",
+    "LevelBuilder",
+    "LogitTransform",
+    "ResFlowTransform",
+    "image_flow",
+    "initialize_actnorm",
+    "level_shapes",
+]

@@ -1,0 +1,79 @@
+"""The blocks in Pyro: ``implicit_transforms.plugins.pyro``.
+
+* :mod:`~implicit_transforms.plugins.pyro.transforms`: the adapter, any block (or its
+  ``.inv``) as a Pyro ``TransformModule``, and its conditional version;
+* :mod:`~implicit_transforms.plugins.pyro.helpers`: one transform per family built from sizes
+  (``resflow(D)``, ``impflow(D)``, ...);
+* :mod:`~implicit_transforms.plugins.pyro.distribution`: :class:`FlowDistribution`, which
+  samples and scores in one pass;
+* :mod:`~implicit_transforms.plugins.pyro.guides`: guide recipes (``flow_stack``, the
+  autoguide ``AutoFlowStack``, elementwise affine layers).
+
+Needs the ``pyro`` extra: ``pip install 'implicit-transforms[pyro]'``.
+"""
+
+from implicit_transforms.plugins.pyro.distribution import FlowDistribution
+from implicit_transforms.plugins.pyro.guides import (
+    RECIPE_ACTIVATION,
+    AutoFlowStack,
+    ConditionalElementwiseAffine,
+    ElementwiseAffine,
+    conditional_flow_stack,
+    flow_stack,
+    recipe_options,
+)
+from implicit_transforms.plugins.pyro.helpers import (
+    GUIDE_ACTIVATION,
+    ConditionalHelperFactory,
+    ConditionalImpFlow,
+    ConditionalIResNet,
+    ConditionalResFlow,
+    HelperFactory,
+    ImpFlow,
+    IResNet,
+    ResFlow,
+    conditional_impflow,
+    conditional_iresnet,
+    conditional_resflow,
+    impflow,
+    iresnet,
+    resflow,
+)
+from implicit_transforms.plugins.pyro.transforms import (
+    BlockTransformModule,
+    ConditionalBlockTransformModule,
+    ConditionalInverseBlockTransformModule,
+    InverseBlock,
+    InverseBlockTransformModule,
+)
+
+__all__ = [
+    "GUIDE_ACTIVATION",
+    "RECIPE_ACTIVATION",
+    "AutoFlowStack",
+    "BlockTransformModule",
+    "ConditionalBlockTransformModule",
+    "ConditionalElementwiseAffine",
+    "ConditionalHelperFactory",
+    "ConditionalIResNet",
+    "ConditionalImpFlow",
+    "ConditionalInverseBlockTransformModule",
+    "ConditionalResFlow",
+    "ElementwiseAffine",
+    "FlowDistribution",
+    "HelperFactory",
+    "IResNet",
+    "ImpFlow",
+    "InverseBlock",
+    "InverseBlockTransformModule",
+    "ResFlow",
+    "conditional_flow_stack",
+    "conditional_impflow",
+    "conditional_iresnet",
+    "conditional_resflow",
+    "flow_stack",
+    "impflow",
+    "iresnet",
+    "recipe_options",
+    "resflow",
+]
