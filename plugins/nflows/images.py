@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from implicit_transforms.blocks import BlockOptions, build_block, make_options
 from implicit_transforms.images.preprocess import check_alpha, logit_forward, logit_inverse
+from implicit_transforms.recipes.families import FACTORY_HIDDEN, IMAGE_ACTIVATION
 from implicit_transforms.validation import validating_inputs
 
 __all__ = [
@@ -262,8 +263,8 @@ def image_flow(
     blocks_per_level: int = 2,
     hidden_channels: int = 32,
     fc_blocks: int = 0,
-    fc_hidden: Sequence[int] = (64, 64),
-    activation: str = "lipswish",
+    fc_hidden: Sequence[int] = FACTORY_HIDDEN,
+    activation: str = IMAGE_ACTIVATION,
     actnorm: bool = True,
     squeeze_first: bool = True,
     logit_alpha: float = 0.05,

@@ -34,6 +34,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.blocks.options import training_logdet_doc
+from implicit_transforms.recipes.families import FACTORY_HIDDEN
 from implicit_transforms.solvers import SolverResult
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
@@ -106,7 +107,7 @@ class _FamilyTransform(BlockTransform):
     def __init__(
         self,
         features: int | Sequence[int],
-        hidden_features: int | Sequence[int] = (64, 64),
+        hidden_features: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         context_features: int | None = None,
         options: BlockOptions | None = None,

@@ -35,6 +35,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.recipes.families import FACTORY_HIDDEN
 from implicit_transforms.solvers import SolverResult
 
 __all__ = [
@@ -94,7 +95,7 @@ class _Family(BlockFlow):
     def __init__(
         self,
         shape: int | Sequence[int],
-        hidden: int | Sequence[int] = (64, 64),
+        hidden: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
@@ -109,7 +110,7 @@ class _ConditionalFamily(BlockFlow):
         self,
         shape: int | Sequence[int],
         num_context_channels: int,
-        hidden: int | Sequence[int] = (64, 64),
+        hidden: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         options: BlockOptions | None = None,
         **changes: Any,

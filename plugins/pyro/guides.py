@@ -95,7 +95,7 @@ from implicit_transforms.blocks import (
     make_options,
 )
 from implicit_transforms.logdet import ExactLogDet
-from implicit_transforms.solvers import Anderson
+from implicit_transforms.recipes.families import GUIDE_ACTIVATION, recipe_hidden, recipe_solver
 from implicit_transforms.validation import check_hidden, check_positive_int
 
 __all__ = [
@@ -108,8 +108,9 @@ __all__ = [
     "recipe_options",
 ]
 
-RECIPE_ACTIVATION = "lipswish"
-"""The activation the recipes use unless told otherwise (chosen by ``benchmarks/vi.py``)."""
+RECIPE_ACTIVATION = GUIDE_ACTIVATION
+"""The recipes' activation: the guides' one of the assembly table
+(:data:`~implicit_transforms.recipes.families.GUIDE_ACTIVATION`)."""
 
 DEFAULT_BLOCKS = {"impflow": 2, "resflow": 4, "iresnet": 4}
 """Blocks per stack by family: the same number of residual networks (ImpFlow has two)."""
@@ -291,7 +292,7 @@ def recipe_options(
     if opts.activation is None:
         fill["activation"] = RECIPE_ACTIVATION
     if family == "impflow" and opts.solver is None:
-        fill["solver"] = Anderson(on_failure=opts.on_failure or "raise")
+        fill["solver"] = recipe_solver(opts.on_failure or "raise")
     stochastic = ("logdet_train", "n_probes", "n_exact_terms", "n_terms", "generator")
     if input_dim <= EXACT_LOGDET_MAX_DIM and all(getattr(opts, f) is None for f in stochastic):
         fill["logdet_train"] = ExactLogDet()
@@ -310,7 +311,7 @@ def _check_recipe(family: str, blocks: int | None, explicit: str) -> int:
 
 def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
     if hidden_dims is None:
-        return [max(32, 4 * input_dim)] * 2
+        return recipe_hidden(input_dim)
     return check_hidden(hidden_dims, "hidden_dims")
 
 

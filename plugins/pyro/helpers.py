@@ -23,6 +23,7 @@ from implicit_transforms.plugins.pyro.transforms import (
 
 from implicit_transforms.blocks import FAMILIES, BlockOptions, build_block
 from implicit_transforms.blocks.options import training_logdet_doc
+from implicit_transforms.recipes.families import GUIDE_ACTIVATION, helper_hidden
 from implicit_transforms.validation import check_hidden, check_positive_int
 
 __all__ = [
@@ -77,16 +78,8 @@ class ConditionalImpFlow(ConditionalBlockTransformModule):
 def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
     check_positive_int(input_dim, "input_dim")
     if hidden_dims is None:
-        return [max(16, 8 * input_dim)] * 2
+        return helper_hidden(input_dim)
     return check_hidden(hidden_dims, "hidden_dims")
-
-
-GUIDE_ACTIVATION = "lipswish"
-"""The helpers' activation unless ``options`` or ``activation=`` names one. The library's
-default (sine) is chosen for density estimation on standardised data; a guide starts near the
-identity and LipSwish suits it better (``benchmarks/vi.py`` sweep: ResFlow x4 on a 10-D funnel,
-ELBO -1.009 with LipSwish, -1.614 with sine; on a 2-D banana ResFlow + ImpFlow with sine ends
-below ``AutoNormal``, -2.53 vs -1.81, and above it with LipSwish, ``tests/test_plugin_pyro.py``)."""
 
 
 def _guide_changes(
@@ -140,7 +133,8 @@ _HELPER_ARGS = """
         hidden_dims: hidden sizes, an int for one hidden layer (default two layers of
             ``max(16, 8 D)``).
         options: a :class:`~implicit_transforms.blocks.BlockOptions`. ResFlow and ImpFlow
-            default to LipSwish here (:data:`GUIDE_ACTIVATION`), not the library's sine.
+            default to LipSwish here
+            (:data:`~implicit_transforms.recipes.families.GUIDE_ACTIVATION`), not the library's sine.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
             (``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
             ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,

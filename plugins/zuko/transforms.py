@@ -36,6 +36,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
+from implicit_transforms.recipes.families import FACTORY_HIDDEN
 
 __all__ = ["BlockLazyTransform", "BlockTransform", "IResNet", "ImpFlow", "ResFlow"]
 
@@ -153,7 +154,7 @@ class _Family(BlockLazyTransform):
         self,
         features: int | Sequence[int],
         context: int = 0,
-        hidden_features: int | Sequence[int] = (64, 64),
+        hidden_features: int | Sequence[int] = FACTORY_HIDDEN,
         *,
         options: BlockOptions | None = None,
         **changes: Any,
