@@ -12,7 +12,7 @@ from implicit_transforms.blocks.factories import (
     lipschitz_net,
     resflow_block,
 )
-from implicit_transforms.blocks.implicit import ImplicitBlock
+from implicit_transforms.blocks.impflow import ImplicitBlock
 from implicit_transforms.blocks.options import (
     FAMILIES,
     BlockOptions,

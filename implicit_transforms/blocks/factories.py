@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import cast
+
+import torch  # noqa: F401  (doctests)
+from typing_extensions import Unpack
 
 from implicit_transforms.blocks.base import InvertibleBlock
-from implicit_transforms.blocks.implicit import ImplicitBlock
-from implicit_transforms.blocks.options import BlockOptions, training_logdet_doc
+from implicit_transforms.blocks.impflow import ImplicitBlock
+from implicit_transforms.blocks.options import BlockOptions, BlockSettings
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.recipes.families import FACTORY_HIDDEN
 from implicit_transforms.recipes.spec import BlockSpec, lipschitz_net
 
 __all__ = [
-    "BlockFactory",
     "build_block",
     "impflow_block",
     "iresnet_block",
@@ -30,7 +32,7 @@ def build_block(
     *,
     context_features: int | None = None,
     options: BlockOptions | None = None,
-    **changes: Any,
+    **changes: Unpack[BlockSettings],
 ) -> InvertibleBlock:
     """A block of ``family`` (``"iresnet"``, ``"resflow"`` or ``"impflow"``):
     ``BlockSpec.from_options(...).build()`` (:class:`~implicit_transforms.recipes.spec.BlockSpec`).
@@ -63,75 +65,149 @@ def build_block(
     return spec.build()
 
 
-_B_co = TypeVar("_B_co", bound=InvertibleBlock, covariant=True)
+def iresnet_block(
+    event_shape: int | Sequence[int],
+    hidden: int | Sequence[int] = FACTORY_HIDDEN,
+    *,
+    context_features: int | None = None,
+    options: BlockOptions | None = None,
+    **changes: Unpack[BlockSettings],
+) -> ResidualBlock:
+    """i-ResNet block: ELU network (c = 0.9), truncated power series (5 terms, Hutchinson),
+    fixed-point inverse.
 
-
-class BlockFactory(Protocol[_B_co]):
-    """The signature of :func:`iresnet_block`, :func:`resflow_block` and :func:`impflow_block`."""
-
-    def __call__(
-        self,
-        event_shape: int | Sequence[int],
-        hidden: int | Sequence[int] = FACTORY_HIDDEN,
-        *,
-        context_features: int | None = None,
-        options: BlockOptions | None = None,
-        **changes: Any,
-    ) -> _B_co:
-        """Build the block."""
-        ...
-
-
-_ARGS_DOC = """
+    Training-mode log-det: exact (``ExactLogDet``) for events of at most
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to
+    which it costs no more than the estimator. Larger events get a truncated (biased) power-series estimate, which changes from
+    call to call: for the exact value pass ``logdet_train=ExactLogDet()``, or call ``.eval()``
+    (exact up to :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` elements
+    unless ``logdet_eval`` is given). Giving ``logdet_train`` or a setting of the estimator
+    (``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``) keeps that estimator.
 
     Args:
         event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
         hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
         context_features: size of a context that enters as an additive bias, if any.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
-        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change:
-            ``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
-            ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
-            ``generator``, ``compile``. Unknown names raise ``TypeError``.
-"""
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
+            (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
+            ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
+            ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
+            ``compile``. Unknown names raise ``TypeError``.
+
+    Returns:
+        The block (its defaults: the ``"iresnet"`` entry of
+        :data:`~implicit_transforms.recipes.families.FAMILIES`).
+
+    Example:
+        >>> type(iresnet_block(3, [8]).solver).__name__
+        'FixedPoint'
+    """
+    block = build_block(
+        "iresnet",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
+    )
+    return cast(ResidualBlock, block)  # the table entry decides the class
 
 
-def _factory(family: str, summary: str) -> BlockFactory[Any]:
-    def factory(
-        event_shape: int | Sequence[int],
-        hidden: int | Sequence[int] = FACTORY_HIDDEN,
-        *,
-        context_features: int | None = None,
-        options: BlockOptions | None = None,
-        **changes: Any,
-    ) -> InvertibleBlock:
-        return build_block(
-            family,
-            event_shape,
-            hidden,
-            context_features=context_features,
-            options=options,
-            **changes,
-        )
+def resflow_block(
+    event_shape: int | Sequence[int],
+    hidden: int | Sequence[int] = FACTORY_HIDDEN,
+    *,
+    context_features: int | None = None,
+    options: BlockOptions | None = None,
+    **changes: Unpack[BlockSettings],
+) -> ResidualBlock:
+    """Residual Flow block: sine network (c = 0.97; the paper's LipSwish with
+    ``activation='lipswish'``), unbiased roulette log-det with Neumann gradient, fixed-point
+    inverse.
 
-    factory.__name__ = factory.__qualname__ = f"{family}_block"
-    factory.__doc__ = summary + training_logdet_doc(family) + _ARGS_DOC
-    return factory
+    Training-mode log-det: exact (``ExactLogDet``) for events of at most
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to
+    which it costs no more than the estimator. Larger events get an unbiased Russian-roulette estimate, which changes from
+    call to call: for the exact value pass ``logdet_train=ExactLogDet()``, or call ``.eval()``
+    (exact up to :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` elements
+    unless ``logdet_eval`` is given). Giving ``logdet_train`` or a setting of the estimator
+    (``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``) keeps that estimator.
+
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
+        context_features: size of a context that enters as an additive bias, if any.
+        options: a :class:`~implicit_transforms.blocks.BlockOptions`.
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
+            (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
+            ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
+            ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
+            ``compile``. Unknown names raise ``TypeError``.
+
+    Returns:
+        The block (its defaults: the ``"resflow"`` entry of
+        :data:`~implicit_transforms.recipes.families.FAMILIES`).
+
+    Example:
+        >>> resflow_block(2, [8])(torch.zeros(4, 2))[0].shape
+        torch.Size([4, 2])
+    """
+    block = build_block(
+        "resflow",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
+    )
+    return cast(ResidualBlock, block)  # the table entry decides the class
 
 
-iresnet_block: BlockFactory[ResidualBlock] = _factory(
-    "iresnet",
-    "i-ResNet block: ELU network (c = 0.9), truncated power series (5 terms, Hutchinson),\n"
-    "    fixed-point inverse.",
-)
-resflow_block: BlockFactory[ResidualBlock] = _factory(
-    "resflow",
-    "Residual Flow block: sine network (c = 0.97; the paper's LipSwish with\n"
-    "    ``activation='lipswish'``), unbiased roulette log-det with Neumann gradient, fixed-point\n"
-    "    inverse.",
-)
-impflow_block: BlockFactory[ImplicitBlock] = _factory(
-    "impflow",
-    "ImpFlow block: two sine networks (c = 0.97; LipSwish with ``activation='lipswish'``),\n"
-    "    Broyden in both directions, roulette log-det.",
-)
+def impflow_block(
+    event_shape: int | Sequence[int],
+    hidden: int | Sequence[int] = FACTORY_HIDDEN,
+    *,
+    context_features: int | None = None,
+    options: BlockOptions | None = None,
+    **changes: Unpack[BlockSettings],
+) -> ImplicitBlock:
+    """ImpFlow block: two sine networks (c = 0.97; LipSwish with ``activation='lipswish'``),
+    Broyden in both directions, roulette log-det.
+
+    Training-mode log-det: exact (``ExactLogDet``) for events of at most
+    :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_TRAIN_MAX_DIM` elements, up to
+    which it costs no more than the estimator. Larger events get an unbiased Russian-roulette estimate, which changes from
+    call to call: for the exact value pass ``logdet_train=ExactLogDet()``, or call ``.eval()``
+    (exact up to :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` elements
+    unless ``logdet_eval`` is given). Giving ``logdet_train`` or a setting of the estimator
+    (``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``) keeps that estimator.
+
+    Args:
+        event_shape: ``D`` for vectors ``(*, D)`` or ``(C, H, W)`` for images.
+        hidden: hidden sizes (MLP; an int is one hidden layer) or hidden channels (CNN).
+        context_features: size of a context that enters as an additive bias, if any.
+        options: a :class:`~implicit_transforms.blocks.BlockOptions`.
+        **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
+            (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
+            ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
+            ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
+            ``compile``. Unknown names raise ``TypeError``.
+
+    Returns:
+        The block (its defaults: the ``"impflow"`` entry of
+        :data:`~implicit_transforms.recipes.families.FAMILIES`).
+
+    Example:
+        >>> len(impflow_block(2, [8]).networks())
+        2
+    """
+    block = build_block(
+        "impflow",
+        event_shape,
+        hidden,
+        context_features=context_features,
+        options=options,
+        **changes,
+    )
+    return cast(ImplicitBlock, block)  # the table entry decides the class

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -31,6 +31,7 @@ from implicit_transforms.validation import check_instance, check_positive_int, r
 __all__ = [
     "FAMILIES",
     "BlockOptions",
+    "BlockSettings",
     "Family",
     "ResolvedOptions",
     "adjoint_for",
@@ -224,6 +225,24 @@ class BlockOptions:
         return RouletteLogDet(
             Geometric(0.5, exact_terms), probes, gradient="neumann", generator=self.generator
         )
+
+
+class BlockSettings(TypedDict, total=False):
+    """The keyword form of :class:`BlockOptions` (``build_block(..., coeff=0.9)``): the same
+    fields, so type checkers see every keyword an entry point's ``**changes`` accepts."""
+
+    coeff: float
+    activation: str
+    solver: Solver
+    adjoint_solver: Solver
+    on_failure: OnFailure
+    logdet_train: LogDetEstimator
+    logdet_eval: LogDetEstimator
+    n_probes: int
+    n_exact_terms: int
+    n_terms: int
+    generator: torch.Generator
+    compile: bool
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))

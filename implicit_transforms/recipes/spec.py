@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from implicit_transforms.blocks.base import InvertibleBlock
-from implicit_transforms.blocks.implicit import ImplicitBlock
+from implicit_transforms.blocks.impflow import ImplicitBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
