@@ -47,7 +47,7 @@ def test_tiny_training_run_on_a_tabular_fixture(
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [([], r"pass a data root \(--data-root DIR\) and put miniboone/data.npy under it"),
+    [([], r"--dataset miniboone is read from local files: pass --data-root DIR with miniboone/data.npy under DIR"),
      (["--data-root", "EMPTY"], "put miniboone/data.npy under DATA_ROOT")],
 )  # fmt: skip
 def test_missing_file_exits_2_with_one_line(

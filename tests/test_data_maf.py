@@ -260,7 +260,7 @@ def test_missing_file_says_which_file_goes_where(name: str, tmp_path: Path) -> N
     message = str(info.value)
     assert "\n" not in message
     assert f"put {MAF_FILES[name][0]} under DATA_ROOT" in message and "MAF data release" in message
-    with pytest.raises(FileNotFoundError, match=r"pass a data root \(--data-root DIR\)"):
+    with pytest.raises(FileNotFoundError, match=r"pass a data root \(root=DIR\)"):
         MAF_DATASETS[name](None)
 
 

@@ -100,5 +100,7 @@ def test_missing_files_one_line_naming_where_to_put_them(tmp_path: Path) -> None
     (tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(ValueError, match=r"missing 1 file\(s\).*t10k-labels-idx1-ubyte there"):
         load_image_dataset("mnist", data_root=tmp_path)
-    with pytest.raises(ValueError, match="pass --data-root DIR with MNIST/raw/train-images"):
+    with pytest.raises(
+        ValueError, match="pass root=DIR \\(the data root\\) with MNIST/raw/train-images"
+    ):
         load_image_dataset("mnist", data_root=None)

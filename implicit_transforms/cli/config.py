@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from implicit_transforms.cli.data import DEFAULT_N_SAMPLES, TOY_DATASETS
-from implicit_transforms.data import MAF_DATASETS, REAL_DATASETS
-from implicit_transforms.images.data import IMAGE_DATASETS
+from implicit_transforms.data import MAF_DATASETS, MAF_FILES, REAL_DATASETS
+from implicit_transforms.images.data import IMAGE_DATASETS, TORCHVISION_FILES
 from implicit_transforms.recipes import (
     FAMILIES,
     IMAGE_ACTIVATION,
@@ -289,6 +289,14 @@ class TrainConfig:
             raise ValueError(
                 f"--n-samples applies to the built-in 2-D data sets ({', '.join(TOY_DATASETS)}), "
                 f"not to --dataset {self.dataset} ({kind}: all its rows are used)"
+            )
+        needs_root = self.dataset in MAF_DATASETS or self.dataset in TORCHVISION_FILES
+        if needs_root and self.data_root is None:
+            files = MAF_FILES.get(self.dataset) or TORCHVISION_FILES.get(self.dataset)
+            raise ValueError(
+                f"--dataset {self.dataset} is read from local files: pass --data-root DIR with "
+                f"{files if isinstance(files, str) else ', '.join(files or ())} under DIR "
+                "(nothing is downloaded)"
             )
         if self.is_image:
             self._validate_image()

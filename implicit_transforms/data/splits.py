@@ -71,7 +71,7 @@ def require_file(name: str, root: str | Path | None, relative: str, source: str)
     """
     if root is None:
         raise FileNotFoundError(
-            f"{name} is read from local files: pass a data root (--data-root DIR) and put "
+            f"{name} is read from local files: pass a data root (root=DIR) and put "
             f"{relative} under it (from {source}; nothing is downloaded)"
         )
     path = Path(root) / relative

@@ -246,7 +246,7 @@ def load_torchvision(
                          f"{', '.join(TORCHVISION_FILES)}")  # fmt: skip
     if root is None:
         raise ValueError(
-            f"{name} is read from local files: pass --data-root DIR with "
+            f"{name} is read from local files: pass root=DIR (the data root) with "
             f"{', '.join(TORCHVISION_FILES[name])} under DIR ({_SOURCES[name]})"
         )
     root = Path(root)
