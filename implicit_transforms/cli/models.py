@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from implicit_transforms.blocks import EXACT_LOGDET_MAX_DIM, InvertibleBlock
 from implicit_transforms.cli.config import TrainConfig
-from implicit_transforms.images import VariationalDequantizer, dequantize
+from implicit_transforms.images import VariationalDequantizer, dequantization_nll, dequantize
 from implicit_transforms.logdet import LogDetEstimator, PowerSeriesLogDet
 from implicit_transforms.plugins.nflows import BlockTransform, image_flow
 from implicit_transforms.recipes import EVAL_SERIES, BlockSpec, registry
@@ -266,5 +266,4 @@ class DensityModel(nn.Module):
         else:
             u, log_q = self.dequantizer(data, noise)
         log_p = self.flow.log_prob(dequantize(data, self.levels, u))
-        elbo = log_p if log_q is None else log_p - log_q
-        return -(elbo - dims * math.log(self.levels))
+        return dequantization_nll(log_p, dims, self.levels, log_q)

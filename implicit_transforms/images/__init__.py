@@ -6,7 +6,12 @@ The pieces here are host-agnostic pure functions and plain modules; the nflows b
 multiscale image flows is :func:`implicit_transforms.plugins.nflows.image_flow`.
 """
 
-from implicit_transforms.images.bits import BitsSummary, bits_per_dim, summarize_bits
+from implicit_transforms.images.bits import (
+    BitsSummary,
+    bits_per_dim,
+    dequantization_nll,
+    summarize_bits,
+)
 from implicit_transforms.images.data import (
     IMAGE_DATASETS,
     ImageData,
@@ -27,6 +32,7 @@ __all__ = [
     "ImageData",
     "VariationalDequantizer",
     "bits_per_dim",
+    "dequantization_nll",
     "dequantize",
     "load_digits",
     "load_image_dataset",

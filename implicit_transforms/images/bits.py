@@ -21,7 +21,37 @@ from torch import Tensor
 
 from implicit_transforms.images.preprocess import check_levels
 
-__all__ = ["BitsSummary", "bits_per_dim", "summarize_bits"]
+__all__ = ["BitsSummary", "bits_per_dim", "dequantization_nll", "summarize_bits"]
+
+
+def dequantization_nll(
+    log_prob: Tensor, dims: int, levels: int = 256, log_q: Tensor | None = None
+) -> Tensor:
+    r"""Per-image negative log-likelihood bound of the discrete image, in nats:
+    ``-(log p(x) - log q(u | k) - D log L)`` for ``x = (k + u) / L``.
+
+    .. math:: -\log P(k) \le -\big(\log p(x) - \log q(u \mid k) - D \log L\big)
+
+    Args:
+        log_prob: ``(N,)`` log-densities (nats) of the dequantised images on ``[0, 1]^D``.
+        dims: ``D``, sub-pixels per image (``C * H * W``).
+        levels: ``L``, grey levels per channel.
+        log_q: ``(N,)`` log-density of the dequantisation noise (variational), or ``None``
+            (uniform: 0).
+
+    Returns:
+        ``(N,)`` nats; :func:`bits_per_dim` is this divided by ``D ln 2``.
+
+    Example:
+        >>> import torch, math
+        >>> abs(float(dequantization_nll(torch.zeros(1), dims=2, levels=4)[0]) - 2 * math.log(4)) < 1e-6
+        True
+    """
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise ValueError(f"dims must be a positive int, got {dims!r}")
+    check_levels(levels)
+    elbo = log_prob if log_q is None else log_prob - log_q
+    return -(elbo - dims * math.log(levels))
 
 
 def bits_per_dim(
@@ -46,11 +76,7 @@ def bits_per_dim(
         >>> bits_per_dim(torch.zeros(3), dims=784, levels=256)  # the uniform density
         tensor([8., 8., 8.])
     """
-    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
-        raise ValueError(f"dims must be a positive int, got {dims!r}")
-    check_levels(levels)
-    elbo = log_prob if log_q is None else log_prob - log_q
-    return -(elbo - dims * math.log(levels)) / (dims * math.log(2))
+    return dequantization_nll(log_prob, dims, levels, log_q) / (dims * math.log(2))
 
 
 @dataclass(frozen=True)
