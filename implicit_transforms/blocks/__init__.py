@@ -3,6 +3,7 @@
 from implicit_transforms.blocks.base import (
     EXACT_LOGDET_MAX_DIM,
     EXACT_LOGDET_TRAIN_MAX_DIM,
+    InverseBlock,
     InvertibleBlock,
 )
 from implicit_transforms.blocks.factories import (
@@ -29,6 +30,7 @@ __all__ = [
     "BlockOptions",
     "Family",
     "ImplicitBlock",
+    "InverseBlock",
     "InvertibleBlock",
     "ResidualBlock",
     "adjoint_for",
