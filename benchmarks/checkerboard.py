@@ -147,7 +147,7 @@ def main() -> None:
         metavar="RUN",
         help="run the ablation (all runs, or the RUN keys given) instead of --models",
     )
-    o.add_argument("--ablation-steps", type=int, default=1500)
+    o.add_argument("--ablation-steps", type=int, default=1000)
     o.add_argument(
         "--smoke",
         action="store_true",
@@ -233,12 +233,15 @@ def run_official_preset(args: argparse.Namespace) -> None:
     for name in models:
         family, blocks = OFFICIAL_MODELS[name]
         if not args.table_only:
-            train_official(
+            report = train_official(
                 replace(base, model=family, blocks=blocks),
                 out / name,
                 cpu_minutes=args.cpu_minutes,
                 checkpoint_every=args.checkpoint_every,
             )
+            if report["interrupted"]:
+                print(f"{name}: stopped at step {report['steps_done']}; rerun to continue")
+                break
     write_official_table(out, models)
 
 
@@ -622,7 +625,9 @@ def train_official(
             save_checkpoint()
     finally:
         stop.restore()
-    return write_official_report(s, out, flow)
+    report = write_official_report(s, out, flow)
+    report["interrupted"] = stop.requested
+    return report
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
@@ -733,7 +738,7 @@ def ablation_settings(
         clip_grad=10.0,
         weight_decay=1e-5,
         steps=steps,
-        eval_every=max(1, steps // 6),
+        eval_every=min(250, steps),
         eval_size=10_000,
         val_size=10_000,
     )
@@ -774,7 +779,12 @@ def run_ablation(
             report = json.loads((run_dir / "report.json").read_text())
         else:
             continue
+        if report.get("interrupted"):
+            print(f"{key}: stopped at step {report['steps_done']}; rerun to continue", flush=True)
+            break
         test = report["ours"]["test"]
+        if test is None:
+            continue
         lines.append(
             f"| {key} | {text} | {report['steps_done']:,} | {s.batch_size:,} | "
             f"{report['paper']['best_eval_bits']:.3f} | {test['bits']:.3f} ± {test['stderr']:.3f} | "
