@@ -44,6 +44,13 @@ def test_smoke_command_reports_both_protocols(tmp_path: Path) -> None:
     assert report["ours"]["test"]["weights_step"] == report["ours"]["best_step"]
     assert math.isfinite(report["ours"]["test"]["bits"])
     assert "impflow4" in (tmp_path / "official.md").read_text()
+    # --table-only rebuilds the report from the checkpoint (as while a long run trains)
+    (tmp_path / "impflow4" / "report.json").unlink()
+    proc = subprocess.run([*cmd, "--table-only"], capture_output=True, text=True, env=env,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rebuilt = json.loads((tmp_path / "impflow4" / "report.json").read_text())
+    assert rebuilt["ours"]["test"] == report["ours"]["test"]
 
 
 def test_interrupted_run_continues_where_it_stopped(tmp_path: Path) -> None:
