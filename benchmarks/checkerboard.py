@@ -443,7 +443,7 @@ class Setting:
 
 def _points(n: int, seed: int, stream: int) -> Tensor:
     """``n`` checkerboard points on the raw scale, float64, from seed ``(seed, stream)``."""
-    from implicit_transforms.cli.data import checkerboard
+    from implicit_transforms.data.toy import checkerboard
 
     return checkerboard(n, torch.Generator().manual_seed(seed * 1_000_003 + stream))
 
@@ -664,7 +664,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def _checkerboard_with(n: int, g: torch.Generator) -> Tensor:
-    from implicit_transforms.cli.data import checkerboard
+    from implicit_transforms.data.toy import checkerboard
 
     return checkerboard(n, g)
 
