@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from implicit_transforms.lipschitz.activations import make_activation
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
+from implicit_transforms.recipes.families import LAYER_COEFF, NETWORK_ACTIVATION
 
 __all__ = ["LipschitzCNN", "LipschitzMLP", "LipschitzNet"]
 
@@ -176,8 +177,8 @@ class LipschitzMLP(LipschitzNet):
         features: int,
         hidden_features: Sequence[int] = (64, 64),
         *,
-        coeff: float = 0.97,
-        activation: str = "lipswish",
+        coeff: float = LAYER_COEFF,
+        activation: str = NETWORK_ACTIVATION,
         context_features: int | None = None,
         n_power_iterations: int = 2,
     ) -> None:
@@ -236,8 +237,8 @@ class LipschitzCNN(LipschitzNet):
         channels: int,
         hidden_channels: int = 32,
         *,
-        coeff: float = 0.97,
-        activation: str = "lipswish",
+        coeff: float = LAYER_COEFF,
+        activation: str = NETWORK_ACTIVATION,
         context_features: int | None = None,
         kernel_size: int = 3,
         n_power_iterations: int = 2,

@@ -52,6 +52,7 @@ from implicit_transforms.lipschitz.norms import (
     exact_operator_norm,
     gram,
 )
+from implicit_transforms.recipes.families import LAYER_COEFF
 from implicit_transforms.validation import real_scalar
 
 __all__ = [
@@ -407,7 +408,7 @@ class SpectralLinear(_SpectralMixin):
         in_features: int,
         out_features: int,
         *,
-        coeff: float = 0.97,
+        coeff: float = LAYER_COEFF,
         bias: bool = True,
         n_power_iterations: int = 2,
         exact: bool | None = None,
@@ -530,7 +531,7 @@ class SpectralConv2d(_SpectralMixin):
         out_channels: int,
         kernel_size: int = 3,
         *,
-        coeff: float = 0.97,
+        coeff: float = LAYER_COEFF,
         bias: bool = True,
         n_power_iterations: int = 2,
         exact: bool | None = None,

@@ -27,6 +27,8 @@ __all__ = [
     "FAMILIES",
     "GUIDE_ACTIVATION",
     "IMAGE_ACTIVATION",
+    "LAYER_COEFF",
+    "NETWORK_ACTIVATION",
     "TRAINER_ACTIVATION",
     "Family",
     "helper_hidden",
@@ -68,11 +70,21 @@ class Family:
     n_probes: int = 1
 
 
+LAYER_COEFF = 0.97
+"""The Lipschitz coefficient of a spectral layer or network built without one (Residual
+Flows' and ImpFlow's ``c``; i-ResNet's table entry uses 0.9)."""
+
+NETWORK_ACTIVATION = "lipswish"
+"""The activation of a Lipschitz network built without one: Residual Flows' LipSwish (the
+families' table chooses its own, see :data:`FAMILIES`)."""
+
 FAMILIES: dict[str, Family] = {
     "iresnet": Family("iresnet", 0.9, "elu", lambda p: FixedPoint(on_failure=p), "power-series"),
-    "resflow": Family("resflow", 0.97, "sin", lambda p: FixedPoint(on_failure=p), "roulette"),
+    "resflow": Family(
+        "resflow", LAYER_COEFF, "sin", lambda p: FixedPoint(on_failure=p), "roulette"
+    ),
     "impflow": Family(
-        "impflow", 0.97, "sin", lambda p: Broyden(on_failure=p), "roulette", networks=2
+        "impflow", LAYER_COEFF, "sin", lambda p: Broyden(on_failure=p), "roulette", networks=2
     ),
 }
 """The three block families and their defaults. They are the papers' configurations, except the

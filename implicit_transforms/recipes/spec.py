@@ -28,7 +28,7 @@ from implicit_transforms.logdet import (
     PowerSeriesLogDet,
     RouletteLogDet,
 )
-from implicit_transforms.recipes.families import FAMILIES
+from implicit_transforms.recipes.families import FAMILIES, LAYER_COEFF, NETWORK_ACTIVATION
 from implicit_transforms.recipes.registry import component_spec, make_logdet, solver_from_spec
 from implicit_transforms.solvers import Solver
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
@@ -40,8 +40,8 @@ def lipschitz_net(
     event_shape: int | Sequence[int],
     hidden: int | Sequence[int] = (64, 64),
     *,
-    coeff: float = 0.97,
-    activation: str = "lipswish",
+    coeff: float = LAYER_COEFF,
+    activation: str = NETWORK_ACTIVATION,
     context_features: int | None = None,
 ) -> LipschitzNet:
     """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
