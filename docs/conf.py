@@ -81,7 +81,7 @@ for _notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
 nitpick_ignore_regex = [
     (
         r"py:.*",
-        r"(torch|numpy|np|nflows|normflows|zuko|pyro|pdist|collections|typing|pathlib|enum|contextlib|builtins)"
+        r"(torch|numpy|np|nflows|normflows|zuko|pyro|pdist|collections|typing|typing_extensions|pathlib|enum|contextlib|builtins)"
         r"(\..*)?",
     ),
     (r"py:.*", r"(.*\.)?_[A-Za-z].*"),  # private helpers named in annotations

@@ -17,6 +17,7 @@ from implicit_transforms.blocks.impflow import ImplicitBlock
 from implicit_transforms.blocks.options import (
     FAMILIES,
     BlockOptions,
+    BlockSettings,
     Family,
     adjoint_for,
     make_options,
@@ -28,6 +29,7 @@ __all__ = [
     "EXACT_LOGDET_TRAIN_MAX_DIM",
     "FAMILIES",
     "BlockOptions",
+    "BlockSettings",
     "Family",
     "ImplicitBlock",
     "InverseBlock",

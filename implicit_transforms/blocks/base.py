@@ -351,11 +351,11 @@ class InverseBlock:
         return self._block.forward_and_logdet(y, context)
 
     def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """``f^{-1}(x)`` alone (the block's :meth:`~InvertibleBlock.inverse_map`)."""
+        """``f^{-1}(x)`` alone (the block's :meth:`~implicit_transforms.blocks.InvertibleBlock.inverse_map`)."""
         return self._block.inverse_map(x, context)
 
     def inverse_map(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        """``f(y)`` alone (the block's :meth:`~InvertibleBlock.forward_map`)."""
+        """``f(y)`` alone (the block's :meth:`~implicit_transforms.blocks.InvertibleBlock.forward_map`)."""
         return self._block.forward_map(y, context)
 
     def logdet(self, x: Tensor, context: Tensor | None = None) -> Tensor:

@@ -71,12 +71,12 @@ class Family:
 
 
 LAYER_COEFF = 0.97
-"""The Lipschitz coefficient of a spectral layer or network built without one (Residual
-Flows' and ImpFlow's ``c``; i-ResNet's table entry uses 0.9)."""
+"""The Lipschitz coefficient of a spectral layer or network built without one. It is Residual
+Flows' and ImpFlow's ``c``; i-ResNet's table entry uses 0.9."""
 
 NETWORK_ACTIVATION = "lipswish"
-"""The activation of a Lipschitz network built without one: Residual Flows' LipSwish (the
-families' table chooses its own, see :data:`FAMILIES`)."""
+"""The activation of a Lipschitz network built without one. It is Residual Flows' LipSwish
+(the families' table chooses its own, see :data:`FAMILIES`)."""
 
 FAMILIES: dict[str, Family] = {
     "iresnet": Family("iresnet", 0.9, "elu", lambda p: FixedPoint(on_failure=p), "power-series"),

@@ -40,7 +40,7 @@ def implicit_flow(
     between couplings, residual-net conditioners of width ``hidden[0]``) alternating with
     ImpFlow blocks (two sine networks of sizes ``hidden``, Lipschitz coefficient 0.97, Broyden
     both ways, the exact log-det for ``D <= 64``). Defaults come from the trainer's tables
-    (:func:`~implicit_transforms.plugins.default_flow.default_flow`): 4 layers, ``(64, 64)``,
+    (``implicit_transforms.plugins.default_flow.default_flow``): 4 layers, ``(64, 64)``,
     8 bins. Why: on the checkerboard it reached 5.059 test bits where four spline couplings
     reached 5.129 and four ImpFlow blocks 5.376 (``benchmarks/README.md``); train it with
     ``forward_kld`` and Adam at 2e-3 on standardised data.

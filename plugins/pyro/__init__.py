@@ -43,7 +43,6 @@ from implicit_transforms.plugins.pyro.transforms import (
     BlockTransformModule,
     ConditionalBlockTransformModule,
     ConditionalInverseBlockTransformModule,
-    InverseBlock,
     InverseBlockTransformModule,
 )
 
@@ -64,7 +63,6 @@ __all__ = [
     "HelperFactory",
     "IResNet",
     "ImpFlow",
-    "InverseBlock",
     "InverseBlockTransformModule",
     "ResFlow",
     "conditional_flow_stack",

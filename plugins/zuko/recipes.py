@@ -49,7 +49,7 @@ def implicit_flow(
     coefficient 0.97, Broyden both ways, the exact log-det for ``D <= 64``). zuko has no
     ActNorm; a learnable elementwise affine map (``MonotonicAffineTransform``, starting at the
     identity) stands in its place, so standardise the data first. Defaults come from the
-    trainer's tables (:func:`~implicit_transforms.plugins.default_flow.default_flow`): 4
+    trainer's tables (``implicit_transforms.plugins.default_flow.default_flow``): 4
     transforms, ``(64, 64)``, 8 bins. Why: on the checkerboard the trainer's version reached
     5.059 test bits where four spline couplings reached 5.129 and four ImpFlow blocks 5.376
     (``benchmarks/README.md``); train it with Adam at 2e-3.
