@@ -228,7 +228,8 @@ def run_official_preset(args: argparse.Namespace) -> None:
         )
     if args.ablation is not None:
         family, blocks = OFFICIAL_MODELS[models[0]]
-        variants = ablation_settings(args.ablation_steps, family, blocks)
+        variants = [(k, t, replace(v, seed=args.seed))
+                    for k, t, v in ablation_settings(args.ablation_steps, family, blocks)]  # fmt: skip
         if args.smoke:
             variants = [
                 (
@@ -248,7 +249,8 @@ def run_official_preset(args: argparse.Namespace) -> None:
                 )
                 for k, t, s in variants
             ]
-        run_ablation(out / "ablation", variants, args.ablation or None)
+        name = "ablation" if args.seed == 0 else f"ablation-seed{args.seed}"
+        run_ablation(out / name, variants, args.ablation or None)
         return
     for name in models:
         family, blocks = OFFICIAL_MODELS[name]
