@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from nflows.flows import Flow
 from torch import Tensor
 
 HERE = Path(__file__).resolve().parent
@@ -228,7 +229,8 @@ def run_official_preset(args: argparse.Namespace) -> None:
         )
     if args.ablation is not None:
         family, blocks = OFFICIAL_MODELS[models[0]]
-        variants = ablation_settings(args.ablation_steps, family, blocks)
+        variants = [(k, t, replace(v, seed=args.seed))
+                    for k, t, v in ablation_settings(args.ablation_steps, family, blocks)]  # fmt: skip
         if args.smoke:
             variants = [
                 (
@@ -248,7 +250,8 @@ def run_official_preset(args: argparse.Namespace) -> None:
                 )
                 for k, t, s in variants
             ]
-        run_ablation(out / "ablation", variants, args.ablation or None)
+        name = "ablation" if args.seed == 0 else f"ablation-seed{args.seed}"
+        run_ablation(out / name, variants, args.ablation or None)
         return
     for name in models:
         family, blocks = OFFICIAL_MODELS[name]
@@ -448,12 +451,13 @@ def _points(n: int, seed: int, stream: int) -> Tensor:
     return checkerboard(n, torch.Generator().manual_seed(seed * 1_000_003 + stream))
 
 
-def build_official_flow(s: Setting) -> torch.nn.Module:
+def build_official_flow(s: Setting) -> Flow:
     """The nflows flow of ``s``: the trainer's blocks (exact 2-D log-det, no ActNorm) after
     a fixed rescaling (identity on the raw scale), with ``zero_init`` applied."""
     from implicit_transforms.cli.config import TrainConfig
     from implicit_transforms.cli.models import build_flow
     from implicit_transforms.lipschitz import LipschitzNet
+    from implicit_transforms.lipschitz.spectral import SpectralLinear
 
     torch.manual_seed(s.seed)
     cfg = TrainConfig(
@@ -472,20 +476,20 @@ def build_official_flow(s: Setting) -> torch.nn.Module:
         # The official code (Residual Flows' spectral layers) divides the last layer's
         # initial weight by 1000 ("near zero": a zero matrix has no singular vectors).
         for net in flow.modules():
-            if isinstance(net, LipschitzNet):
-                last = net.layers[-1]
+            last = net.layers[-1] if isinstance(net, LipschitzNet) else None
+            if isinstance(last, SpectralLinear):
                 with torch.no_grad():
                     last.weight.div_(1000)
                 last.refine()
     return flow
 
 
-def _nll_bits(flow: torch.nn.Module, x: Tensor, batch: int = 10_000) -> Tensor:
+def _nll_bits(flow: Flow, x: Tensor, batch: int = 10_000) -> Tensor:
     """Per-point negative log-likelihood in bits (exact log-det), float64, ``(N,)``."""
     from implicit_transforms.cli.evaluation import log_prob, refine_spectral_norms
 
     refine_spectral_norms(flow)
-    return -log_prob(flow, x.float(), batch).double() / math.log(2)  # type: ignore[arg-type]
+    return -log_prob(flow, x.float(), batch).double() / math.log(2)
 
 
 class _Stop:
@@ -591,9 +595,9 @@ def train_official(
                 else:
                     from implicit_transforms.cli.training import batch_indices
 
-                    x = train_set[batch_indices(step, s.train_set, s.batch_size, s.seed)]
+                    x = train_set[batch_indices(step, len(train_set), s.batch_size, s.seed)]
                 flow.train()
-                loss = -flow.log_prob(x.float()).mean()  # type: ignore[operator]
+                loss = -flow.log_prob(x.float()).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if s.clip_grad > 0:
@@ -669,9 +673,7 @@ def _checkerboard_with(n: int, g: torch.Generator) -> Tensor:
     return checkerboard(n, g)
 
 
-def write_official_report(
-    s: Setting, out: Path, flow: torch.nn.Module | None = None
-) -> dict[str, Any]:
+def write_official_report(s: Setting, out: Path, flow: Flow | None = None) -> dict[str, Any]:
     """``report.json`` and ``curves.png`` of the run in ``out`` as it stands: the paper's
     protocol (best of the periodic evaluations on fresh points) and ours (the weights chosen on
     validation, tested once on ``s.test_size`` fresh points; recomputed only when the chosen
