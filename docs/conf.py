@@ -104,7 +104,6 @@ nitpick_ignore = [
     ("py:func", "to_bsds300"),  # data/bundled.py: not exported
     ("py:data", "MAF_FILES"),  # data/maf.py: not documented
     ("py:func", "circular_grid"),  # lipschitz/spectral.py: lives in lipschitz.norms
-    ("py:func", "implicit_transforms.lipschitz.norms.circular_grid"),  # norms has no page
     ("py:data", "EXACT_MAX_CHANNELS"),  # lipschitz/spectral.py: not exported
     ("py:data", "EXACT_MAX_DIM"),  # lipschitz/spectral.py: not documented
     ("py:data", "RECIPE_ACTIVATION"),  # plugins/pyro_guides.py: not exported
