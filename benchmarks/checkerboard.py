@@ -453,11 +453,10 @@ def _points(n: int, seed: int, stream: int) -> Tensor:
 
 def build_official_flow(s: Setting) -> Flow:
     """The nflows flow of ``s``: the trainer's blocks (exact 2-D log-det, no ActNorm) after
-    a fixed rescaling (identity on the raw scale), with ``zero_init`` applied."""
+    a fixed rescaling (identity on the raw scale), with the library's ``zero_init`` (each
+    network's last initial weight divided by 1000, as the official code's spectral layers)."""
     from implicit_transforms.cli.config import TrainConfig
     from implicit_transforms.cli.models import build_flow
-    from implicit_transforms.lipschitz import LipschitzNet
-    from implicit_transforms.lipschitz.spectral import SpectralLinear
 
     torch.manual_seed(s.seed)
     cfg = TrainConfig(
@@ -468,20 +467,11 @@ def build_official_flow(s: Setting) -> Flow:
         activation="sin",
         actnorm=False,
         logdet="exact",
+        zero_init=s.zero_init,
         steps=s.steps,
     ).resolved()
     std = 1.0 if s.scale == "raw" else STANDARDISED_STD
-    flow = build_flow(cfg, torch.zeros(2), torch.full((2,), std))
-    if s.zero_init:
-        # The official code (Residual Flows' spectral layers) divides the last layer's
-        # initial weight by 1000 ("near zero": a zero matrix has no singular vectors).
-        for net in flow.modules():
-            last = net.layers[-1] if isinstance(net, LipschitzNet) else None
-            if isinstance(last, SpectralLinear):
-                with torch.no_grad():
-                    last.weight.div_(1000)
-                last.refine()
-    return flow
+    return build_flow(cfg, torch.zeros(2), torch.full((2,), std))
 
 
 def _nll_bits(flow: Flow, x: Tensor, batch: int = 10_000) -> Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from implicit_transforms.lipschitz import (
     LipschitzCNN,
     LipschitzMLP,
+    LipschitzNet,
     LipSwish,
     Sine,
     SpectralConv2d,
@@ -331,3 +334,62 @@ def test_eval_refines_and_warns_when_a_network_is_not_contractive() -> None:
     block.net.activations[0].alpha = 3.0  # an ELU with alpha 3 is 3-Lipschitz
     with pytest.warns(LipschitzWarning, match="not be invertible"):
         block.eval()
+
+
+# -- zero_init: networks that start near zero ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        (lambda z: LipschitzMLP(3, [16, 16], zero_init=z), (32, 3)),
+        (lambda z: LipschitzCNN(2, 8, zero_init=z), (4, 2, 5, 5)),
+        # a 300 x 300 last layer takes the certified (power iteration + Cholesky) norm
+        (lambda z: LipschitzMLP(300, [300], zero_init=z), (8, 300)),
+    ],
+    ids=["mlp", "cnn", "mlp-certified"],
+)
+def test_zero_init_divides_the_last_weight_only_and_trains(
+    make: Callable[[bool], LipschitzNet], shape: tuple[int, ...]
+) -> None:
+    x = torch.randn(shape)
+    torch.manual_seed(0)
+    plain = make(False)
+    torch.manual_seed(0)
+    near = make(True)
+    ws = [(a.weight, b.weight) for a, b in zip(plain.layers, near.layers, strict=True)]
+    for a, b in ws[:-1]:
+        assert torch.equal(a, b)
+    assert torch.equal(ws[-1][1], ws[-1][0] / 1000)
+    # g starts near its last bias: its Lipschitz constant is at most ||W_last|| ~ 1e-3 * ...
+    out = near(x)
+    spread = (out - near(torch.zeros_like(x))).abs().max().detach()
+    assert torch.isfinite(out).all() and float(spread) < 2e-2 * float(x.abs().max())
+    # the normalisation does not divide by the tiny norm: W' = W (s < c), exactly
+    last = near.layers[-1]
+    sigma = float(last.sigma().detach())
+    assert 0 < sigma < 1e-2 and torch.equal(last.normalized_weight(), last.weight)
+    out.square().sum().backward()
+    for name, p in near.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert float(p.grad.abs().max()) > 0, name
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "certified"])
+def test_a_zero_weight_is_normalised_without_dividing_by_zero(exact: bool) -> None:
+    layer = SpectralLinear(6, 5, exact=exact)
+    with torch.no_grad():
+        layer.weight.zero_()
+    x = torch.randn(4, 6, requires_grad=True)
+    y = layer(x)
+    assert torch.isfinite(y).all() and torch.equal(y, layer.bias.expand(4, 5))
+    y.sum().backward()
+    assert torch.isfinite(layer.weight.grad).all() and float(layer.weight.grad.abs().max()) > 0
+    assert float(layer.sigma()) >= 0 and torch.isfinite(layer.sigma())
+
+
+def test_zero_init_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="zero_init must be a bool, got int"):
+        LipschitzMLP(2, [4], zero_init=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="zero_init must be a bool, got str"):
+        LipschitzCNN(2, 4, zero_init="yes")  # type: ignore[arg-type]

@@ -122,3 +122,52 @@ def test_cli_config_stores_the_block_spec_and_checks_it(tmp_path: Path) -> None:
     stored["block_spec"]["coeff"] = 0.5
     (run / "config.json").write_text(json.dumps(stored))
     assert main(["evaluate", str(run), "--no-progress"]) == 2
+
+
+# -- zero_init: a setting of every entry point, part of the spec -------------------------------
+
+
+def _last_weights(block: torch.nn.Module) -> list[torch.Tensor]:
+    return [net.layers[-1].weight.detach() for net in block.networks()]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_zero_init_reaches_the_networks_and_round_trips(family: str) -> None:
+    torch.manual_seed(3)
+    plain = build_block(family, 2, [16])
+    torch.manual_seed(3)
+    spec = BlockSpec.from_options(family, 2, [16], options=BlockOptions(zero_init=True))
+    assert spec.zero_init and spec.to_dict()["zero_init"] is True
+    again = BlockSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.zero_init
+    block = spec.build()
+    for near, far in zip(_last_weights(block), _last_weights(plain), strict=True):
+        assert torch.equal(near, far / 1000)
+    # each block starts as a translation: unit Jacobian, log-det ~ 0, in both directions
+    x = torch.randn(64, 2)
+    y, logdet = block.eval().forward_and_logdet(x)
+    shift = (y - x).detach()
+    assert float((shift - shift.mean(0)).abs().max()) < 1e-2
+    assert float(logdet.detach().abs().max()) < 1e-2
+    assert torch.allclose(block.inverse_map(y.detach()), x, atol=1e-8)
+
+
+def test_a_spec_written_before_zero_init_reads_as_off() -> None:
+    spec = BlockSpec.from_options("impflow", 2, [8])
+    data = spec.to_dict()
+    del data["zero_init"]
+    old = BlockSpec.from_dict(data)
+    assert old.zero_init is False and old == spec
+
+
+def test_zero_init_option_is_checked_and_reaches_every_keyword_entry_point() -> None:
+    with pytest.raises(TypeError, match="zero_init must be a bool, got int"):
+        BlockOptions(zero_init=1)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    block = build_block("resflow", 3, [8], zero_init=True)
+    assert float(_last_weights(block)[0].abs().max()) < 1e-3
+    pytest.importorskip("nflows")
+    from implicit_transforms.plugins.nflows import ImpFlowTransform
+
+    layer = ImpFlowTransform(3, [8], zero_init=True)
+    assert all(float(w.abs().max()) < 1e-3 for w in _last_weights(layer.block))

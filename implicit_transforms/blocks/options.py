@@ -59,6 +59,7 @@ class ResolvedOptions:
     logdet_train: LogDetEstimator
     logdet_eval: LogDetEstimator | None
     compile: bool = False
+    zero_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class BlockOptions:
         compile: evaluate the networks through ``torch.compile`` (see
             :meth:`~implicit_transforms.lipschitz.LipschitzNet.compile_evaluation`; the first
             calls compile, later ones reuse the code; measured in ``benchmarks/README.md``).
+        zero_init: start every network's last layer near zero (its initial weight divided by
+            :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`), so each block
+            starts near the identity plus a shift, as the official Residual Flows and ImpFlow
+            code does (default ``False``: the layers' own initialisation).
     """
 
     coeff: float | None = None
@@ -112,6 +117,7 @@ class BlockOptions:
     n_terms: int | None = None
     generator: torch.Generator | None = None
     compile: bool = False
+    zero_init: bool = False
 
     def __post_init__(self) -> None:
         if self.coeff is not None:
@@ -137,6 +143,8 @@ class BlockOptions:
                 object.__setattr__(self, name, check_positive_int(value, name))
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be a bool, got {type(self.compile).__name__}")
+        if not isinstance(self.zero_init, bool):
+            raise TypeError(f"zero_init must be a bool, got {type(self.zero_init).__name__}")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator, got {type(self.generator).__name__}"
@@ -193,6 +201,7 @@ class BlockOptions:
             logdet_train=self._training_estimator(fam, event_shape),
             logdet_eval=self.logdet_eval,
             compile=self.compile,
+            zero_init=self.zero_init,
         )
 
     def _training_estimator(
@@ -243,6 +252,7 @@ class BlockSettings(TypedDict, total=False):
     n_terms: int
     generator: torch.Generator
     compile: bool
+    zero_init: bool
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))

@@ -12,7 +12,14 @@ from implicit_transforms.lipschitz.activations import make_activation
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
 from implicit_transforms.recipes.families import LAYER_COEFF, NETWORK_ACTIVATION
 
-__all__ = ["LipschitzCNN", "LipschitzMLP", "LipschitzNet"]
+__all__ = ["ZERO_INIT_DIVISOR", "LipschitzCNN", "LipschitzMLP", "LipschitzNet"]
+
+ZERO_INIT_DIVISOR = 1000.0
+"""What ``zero_init=True`` divides a network's last initial weight by: Residual Flows' and
+ImpFlow's official ``zero_init`` (their spectral layers divide the initial weight by 1000).
+Near zero, not zero: a zero matrix has no singular vectors to start the power iteration from,
+and its normalisation ``W / max(1, s / c)`` is then the identity scaling (``s < c``), so
+nothing is divided by the small norm and the gradient reaches ``W`` unchanged."""
 
 
 class LipschitzNet(nn.Module):
@@ -109,6 +116,16 @@ class LipschitzNet(nn.Module):
     def _normalised_layers(self) -> list[SpectralConv2d | SpectralLinear]:
         return list(self.layers)  # type: ignore[arg-type]
 
+    @torch.no_grad()
+    def _scale_last_weight(self) -> None:
+        """``zero_init``: the last layer's weight divided by :data:`ZERO_INIT_DIVISOR`. The layer
+        notices the new content at its next use (its norm is keyed by the weight's content);
+        a dense layer's norm is redone now, as the official code's initialisation does."""
+        last = self._normalised_layers()[-1]
+        last.weight.div_(ZERO_INIT_DIVISOR)
+        if isinstance(last, SpectralLinear):
+            last.refine()
+
     def compile_evaluation(self, **options: Any) -> LipschitzNet:
         """Use ``torch.compile(self.evaluate, dynamic=True, **options)`` for the evaluations
         made without autograd (solver iterations, sampling, evaluation-mode solves).
@@ -164,12 +181,18 @@ class LipschitzMLP(LipschitzNet):
         context_features: size of an optional context vector.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
+        zero_init: divide the last layer's initial weight by :data:`ZERO_INIT_DIVISOR`, so that
+            ``g`` starts near a constant (its bias) and a residual or implicit block near a
+            shift of the identity (the official ``zero_init``).
 
     Example:
         >>> import torch
         >>> g = LipschitzMLP(2, [16])
         >>> g(torch.zeros(5, 2)).shape
         torch.Size([5, 2])
+        >>> near_zero = LipschitzMLP(2, [16], zero_init=True)
+        >>> bool(near_zero.layers[-1].weight.abs().max() < 1e-3)
+        True
     """
 
     def __init__(
@@ -181,6 +204,7 @@ class LipschitzMLP(LipschitzNet):
         activation: str = NETWORK_ACTIVATION,
         context_features: int | None = None,
         n_power_iterations: int = 2,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         _check_positive("features", features)
@@ -201,6 +225,8 @@ class LipschitzMLP(LipschitzNet):
         if context_features is not None:
             _check_positive("context_features", context_features)
             self.context_net = nn.Linear(context_features, sizes[1], bias=False)
+        if _check_flag("zero_init", zero_init):
+            self._scale_last_weight()
 
     def expected_event_shape(self) -> tuple[int | None, ...]:
         """``(D,)``."""
@@ -224,6 +250,8 @@ class LipschitzCNN(LipschitzNet):
         kernel_size: odd size of the outer convolutions.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
+        zero_init: divide the last convolution's initial weight by :data:`ZERO_INIT_DIVISOR`
+            (the official ``zero_init``: a block starts near a shift of the identity).
 
     Example:
         >>> import torch
@@ -242,6 +270,7 @@ class LipschitzCNN(LipschitzNet):
         context_features: int | None = None,
         kernel_size: int = 3,
         n_power_iterations: int = 2,
+        zero_init: bool = False,
     ) -> None:
         super().__init__()
         _check_positive("channels", channels)
@@ -263,6 +292,8 @@ class LipschitzCNN(LipschitzNet):
         if context_features is not None:
             _check_positive("context_features", context_features)
             self.context_net = nn.Linear(context_features, hidden_channels, bias=False)
+        if _check_flag("zero_init", zero_init):
+            self._scale_last_weight()
 
     def expected_event_shape(self) -> tuple[int | None, ...]:
         """``(C, None, None)``: any spatial size."""
@@ -271,6 +302,12 @@ class LipschitzCNN(LipschitzNet):
     def _context_bias(self, context: Tensor, like: Tensor) -> Tensor:
         assert self.context_net is not None
         return self.context_net(context)[:, :, None, None]
+
+
+def _check_flag(name: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def _check_positive(name: str, value: int) -> None:

@@ -43,6 +43,7 @@ def lipschitz_net(
     coeff: float = LAYER_COEFF,
     activation: str = NETWORK_ACTIVATION,
     context_features: int | None = None,
+    zero_init: bool = False,
 ) -> LipschitzNet:
     """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
 
@@ -55,6 +56,8 @@ def lipschitz_net(
         coeff: Lipschitz coefficient of every layer.
         activation: the activation's name.
         context_features: size of a context entering as a bias, or ``None``.
+        zero_init: start the last layer near zero (see
+            :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`).
 
     Returns:
         The network.
@@ -67,7 +70,12 @@ def lipschitz_net(
     sizes = check_hidden(hidden, "hidden")
     if len(shape) == 1:
         return LipschitzMLP(
-            shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
+            shape[0],
+            sizes,
+            coeff=coeff,
+            activation=activation,
+            context_features=context_features,
+            zero_init=zero_init,
         )
     if len(shape) == 3:
         return LipschitzCNN(
@@ -76,6 +84,7 @@ def lipschitz_net(
             coeff=coeff,
             activation=activation,
             context_features=context_features,
+            zero_init=zero_init,
         )
     raise ValueError(f"event_shape must be (D,) or (C, H, W), got {shape}")
 
@@ -98,6 +107,8 @@ class BlockSpec:
             ``logdet_train``).
         context_features: size of a context entering as a bias, or ``None``.
         compile: whether the networks' evaluations are compiled.
+        zero_init: whether each network's last layer starts near zero (a spec written
+            without this key, before it existed, reads as ``False``).
 
     Example:
         >>> spec = BlockSpec.from_options("resflow", 2, [8])
@@ -118,6 +129,7 @@ class BlockSpec:
     logdet_eval: LogDetEstimator | None = None
     context_features: int | None = None
     compile: bool = False
+    zero_init: bool = False
 
     @classmethod
     def from_options(
@@ -149,6 +161,7 @@ class BlockSpec:
             logdet_eval=opts.logdet_eval,
             context_features=context_features,
             compile=opts.compile,
+            zero_init=opts.zero_init,
         )
 
     def build(self) -> InvertibleBlock:
@@ -161,6 +174,7 @@ class BlockSpec:
                 coeff=self.coeff,
                 activation=self.activation,
                 context_features=self.context_features,
+                zero_init=self.zero_init,
             )
             for _ in range(FAMILIES[self.family].networks)
         ]
