@@ -165,6 +165,9 @@ def test_constant_feature_and_tiny_data_are_refused() -> None:
         ({"model": "rq-coupling", "solver": "broyden"}, "--solver does not apply"),
         ({"atol": 0.0, "rtol": 0.0}, "cannot both be 0"),
         ({"device": "tpu"}, "--device must be auto, cpu, cuda"),
+        ({"scale": "unit"}, "--scale must be one of standardised, raw, got 'unit'"),
+        ({"dataset": "digits", "scale": "raw"}, "--scale applies to vector data"),
+        ({"model": "rq-coupling", "zero_init": True}, "--zero-init does not apply"),
     ],
 )
 def test_impossible_settings(change: dict[str, object], message: str) -> None:
@@ -184,6 +187,35 @@ def test_model_defaults_are_filled_and_json_round_trips() -> None:
     assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.from_json({**cfg.to_json(), "lr_typo": 1.0})
+
+
+def test_scale_and_zero_init_flags_defaults_and_old_configs() -> None:
+    import argparse
+
+    from implicit_transforms.cli.config import add_config_arguments, config_from_args
+    from implicit_transforms.recipes.families import TRAINER_SCALE, TRAINER_ZERO_INIT
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    for flags, scale, zero_init in (
+        ([], TRAINER_SCALE, TRAINER_ZERO_INIT),
+        (["--scale", "raw", "--zero-init"], "raw", True),
+        (["--scale", "standardised", "--no-zero-init"], "standardised", False),
+    ):
+        cfg = config_from_args(parser.parse_args(flags)).resolved()
+        assert (cfg.scale, cfg.zero_init) == (scale, zero_init), flags
+        assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    # images have no --scale; coupling flows no Lipschitz networks to start near zero
+    assert TrainConfig(dataset="digits").resolved().scale is None
+    assert TrainConfig(model="rq-coupling").resolved().zero_init is None
+    # a config.json written before the two settings existed: what its run was trained with
+    old = {k: v for k, v in TrainConfig().resolved().to_json().items()
+           if k not in ("scale", "zero_init")}  # fmt: skip
+    loaded = TrainConfig.from_json(old)
+    assert (loaded.scale, loaded.zero_init) == ("standardised", False)
+    image = {k: v for k, v in TrainConfig(dataset="digits").resolved().to_json().items()
+             if k not in ("scale", "zero_init")}  # fmt: skip
+    assert TrainConfig.from_json(image).resolved().scale is None
 
 
 def test_cuda_request_without_cuda_is_refused() -> None:
@@ -588,6 +620,12 @@ def test_run_directories_written_before_still_evaluate(
     (old / "config.json").write_text(json.dumps({**cfg, "warmup": 100, "steps": 6}))
     assert run_cli(["evaluate", str(old), "--no-progress"], capsys)[0] == 0
     assert run_cli(["sample", str(old), "-n", "5"], capsys)[0] == 0
+    # written before --scale and --zero-init (config and block spec without them)
+    cfg = {k: v for k, v in cfg.items() if k not in ("scale", "zero_init")}
+    cfg["block_spec"] = {k: v for k, v in cfg["block_spec"].items() if k != "zero_init"}
+    (old / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["evaluate", str(old), "--no-progress"], capsys)
+    assert code == 0, err
 
 
 # -- resume: --steps is the total ---------------------------------------------------------------

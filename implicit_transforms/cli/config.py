@@ -27,6 +27,7 @@ from implicit_transforms.recipes import (
     MODEL_PRESETS,
     MODELS,
 )
+from implicit_transforms.recipes.families import TRAINER_SCALE
 from implicit_transforms.recipes.registry import ACTIVATION_NAMES
 from implicit_transforms.recipes.registry import SOLVERS as SOLVER_CLASSES
 
@@ -53,6 +54,11 @@ IMAGE_DEFAULTS: dict[str, Any] = {
 }
 IMAGE_ONLY = ("data_root", "scales", "fc_blocks", "dequantization", "logit_alpha")
 DEQUANTIZATIONS = ("uniform", "variational")
+#: ``--scale``: what the flow's fixed first layer does to vector data.
+SCALES = ("standardised", "raw")
+#: Settings that a ``config.json`` written before they existed lacks, with the value its run
+#: was trained with (filled in when it is loaded).
+_OLD_RUN_VALUES: dict[str, Any] = {"zero_init": False}
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -83,6 +89,13 @@ class TrainConfig:
         None,
         "directory with the torchvision files of mnist, fashion-mnist, cifar10, or the MAF files "
         "of power, gas, hepmass, miniboone, bsds300",
+    )
+    scale: str | None = _f(
+        None,
+        "vector data: 'standardised' (the flow's first layer divides by the training data's "
+        "std after subtracting its mean) or 'raw' (the data as they are, as the papers' toy "
+        "scripts)",
+        choices=SCALES,
     )
     # model
     model: str | None = _f(
@@ -123,6 +136,12 @@ class TrainConfig:
     bins: int = _f(8, "rq-coupling: spline bins")
     tail_bound: float = _f(3.0, "rq-coupling: splines act on [-B, B] (standardised units)")
     compile: bool = _f(False, "evaluate the Lipschitz networks through torch.compile")
+    zero_init: bool | None = _f(
+        None,
+        "start each Lipschitz network's last layer near zero (weight / 1000), so every block "
+        "starts near the identity, as the official Residual Flows and ImpFlow code",
+        action=argparse.BooleanOptionalAction,
+    )
     # optimisation
     steps: int = _f(
         2000,
@@ -177,6 +196,8 @@ class TrainConfig:
             defaults["n_samples"] = DEFAULT_N_SAMPLES
         if self.is_image:
             defaults.update(IMAGE_DEFAULTS)
+        else:
+            defaults["scale"] = TRAINER_SCALE
         fills = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return dataclasses.replace(self, **fills)
 
@@ -200,6 +221,10 @@ class TrainConfig:
             # Runs written before --n-samples was refused for files and images stored the
             # unused default there; it never had an effect, so it is dropped.
             data = {**data, "n_samples": None}
+        for name, value in _OLD_RUN_VALUES.items():
+            data.setdefault(name, value)
+        if "scale" not in data and data.get("dataset") not in IMAGE_DATASETS:
+            data = {**data, "scale": "standardised"}  # the only scale before --scale existed
         values: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
@@ -264,13 +289,22 @@ class TrainConfig:
                 finite(name, 0.0, math.inf, lo_open=False, hi_open=True)
         if self.atol == 0 and self.rtol == 0:
             raise ValueError("--atol and --rtol cannot both be 0 (the solver could never stop)")
-        for name, choices in (("activation", ACTIVATIONS), ("solver", SOLVERS), ("logdet", LOGDETS),
-                              ("schedule", ("cosine", "constant")), ("dtype", ("float32", "float64"))):  # fmt: skip
+        if self.zero_init is not None and not isinstance(self.zero_init, bool):
+            raise ValueError(f"--zero-init must be true or false, got {self.zero_init!r}")
+        if self.scale is not None and self.is_image:
+            raise ValueError(
+                f"--scale applies to vector data, not to --dataset {self.dataset} (images are "
+                "dequantised to [0, 1] and go through a logit transform)"
+            )
+        for name, choices in (("scale", SCALES), ("activation", ACTIVATIONS), ("solver", SOLVERS),
+                              ("logdet", LOGDETS), ("schedule", ("cosine", "constant")),
+                              ("dtype", ("float32", "float64"))):  # fmt: skip
             v = getattr(self, name)
             if v is not None and v not in choices:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {v!r}")
         if self.model == "rq-coupling":
-            for name in ("coeff", "activation", "solver", "logdet", "atol", "rtol", "max_iter"):
+            for name in ("coeff", "activation", "solver", "logdet", "atol", "rtol", "max_iter",
+                         "zero_init"):  # fmt: skip
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"--{_flag(name)} does not apply to --model rq-coupling "
@@ -365,7 +399,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             "default": None,
             **meta,
         }
-        if isinstance(f.default, bool):
+        if isinstance(f.default, bool) or meta.get("action") is argparse.BooleanOptionalAction:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = _arg_type(f.name)

@@ -43,6 +43,7 @@ from implicit_transforms.cli.training import TrainingStopped, checkpoint_step, t
 from implicit_transforms.data import REAL_DATASETS
 from implicit_transforms.errors import ConvergenceError
 from implicit_transforms.images.data import IMAGE_DATASETS
+from implicit_transforms.recipes import BlockSpec
 
 __all__ = ["build_parser", "main"]
 
@@ -320,6 +321,13 @@ def _check_block_spec(run: RunDir, session: Session) -> None:
     except (OSError, json.JSONDecodeError):  # pragma: no cover - TrainConfig.load read it
         return
     now = _spec_of(session)
+    if stored is not None:
+        # A spec written before a field existed reads as that field's default (what the run
+        # was built with): compare the specs as the spec class reads them.
+        try:
+            stored = json.loads(json_text(BlockSpec.from_dict(stored).to_dict()))
+        except (TypeError, ValueError, KeyError):
+            pass  # not readable now: compared as written, which reports what changed
     if stored is not None and now is not None and stored != json.loads(json_text(now)):
         changed = sorted(k for k in now if stored.get(k) != json.loads(json_text(now)).get(k))
         raise _UsageError(

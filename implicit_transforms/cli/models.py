@@ -1,8 +1,8 @@
 """Flows for the trainer, assembled from the nflows plugin (and nflows' own coupling layers).
 
 Every vector flow maps data to noise as ``Standardize -> [ActNorm -> block] x L -> N(0, I)``.
-The first layer is the fixed standardisation with training statistics, so ``flow.log_prob`` is
-a density in the units of the data. Image flows are the multiscale flows of
+The first layer is the fixed standardisation with training statistics (the identity for
+``--scale raw``), so ``flow.log_prob`` is a density in the units of the data. Image flows are the multiscale flows of
 :func:`~implicit_transforms.plugins.nflows.image_flow` on dequantised pixels in ``[0, 1]``;
 :class:`DensityModel` turns either into the training objective.
 """
@@ -116,6 +116,7 @@ def block_spec(
         or cfg.activation is None
         or cfg.solver is None
         or cfg.logdet is None
+        or cfg.zero_init is None
     ):
         raise ValueError("block_spec needs a resolved config: pass cfg.resolved()")
     logdet_eval = None
@@ -134,6 +135,7 @@ def block_spec(
         logdet_train=make_logdet(cfg, generator),
         logdet_eval=logdet_eval,
         compile=cfg.compile,
+        zero_init=cfg.zero_init,
     )
 
 
@@ -221,6 +223,7 @@ def build_image_flow(
         solver=make_solver(cfg),
         logdet_train=make_logdet(cfg, generator),
         compile=cfg.compile,
+        zero_init=bool(cfg.zero_init),
     )
 
 

@@ -115,7 +115,10 @@ class Session:
                 log=log if world.main else None,
                 data_root=cfg.data_root,
             )
-            flow = build_flow(cfg, splits.mean, splits.std, generator)
+            mean, std = splits.mean, splits.std
+            if cfg.scale == "raw":  # the first layer is then the identity
+                mean, std = torch.zeros_like(mean), torch.ones_like(std)
+            flow = build_flow(cfg, mean, std, generator)
             model = DensityModel(flow)
         model.to(device=dev, dtype=dtype)
         return cls(cfg, splits, images, flow, model, dev, dtype, generator, world)

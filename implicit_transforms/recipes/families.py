@@ -30,6 +30,8 @@ __all__ = [
     "LAYER_COEFF",
     "NETWORK_ACTIVATION",
     "TRAINER_ACTIVATION",
+    "TRAINER_SCALE",
+    "TRAINER_ZERO_INIT",
     "Family",
     "helper_hidden",
     "recipe_hidden",
@@ -193,3 +195,12 @@ fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it 
 IMAGE_ACTIVATION = "lipswish"
 """The activation of image flows (``image_flow``, the command line on images): the Residual
 Flows and ImpFlow image models' LipSwish."""
+
+TRAINER_SCALE = "standardised"
+"""The command line's ``--scale`` for vector data: what its flows' fixed first layer does to
+the data ("standardised": subtract the training mean, divide by the training std; "raw": the
+data as they are)."""
+
+TRAINER_ZERO_INIT = False
+"""The command line's ``--zero-init`` for the Lipschitz networks of its vector models: whether
+each network's last layer starts near zero (every block near the identity)."""

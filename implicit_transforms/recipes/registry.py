@@ -23,7 +23,7 @@ from implicit_transforms.logdet import (
     PowerSeriesLogDet,
     RouletteLogDet,
 )
-from implicit_transforms.recipes.families import FAMILIES, TRAINER_ACTIVATION
+from implicit_transforms.recipes.families import FAMILIES, TRAINER_ACTIVATION, TRAINER_ZERO_INIT
 from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, SolverConfig
 
 __all__ = [
@@ -64,6 +64,7 @@ def _preset(family: str, **extra: Any) -> dict[str, Any]:
         "activation": TRAINER_ACTIVATION,
         "solver": solver_name(fam.solver("raise")),
         "logdet": fam.series,
+        "zero_init": TRAINER_ZERO_INIT,
         **extra,
     }
 
