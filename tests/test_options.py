@@ -71,6 +71,8 @@ def _summary(block: InvertibleBlock) -> dict[str, Any]:
         "adjoint": getattr(block, "adjoint_solver", None),
         "logdet_train": repr(block.logdet_train),
         "logdet_eval": repr(block.logdet_eval),
+        # zero_init: every network's last weight near zero (/1000 of a ~0.3 init)
+        "near_zero": {bool(net.layers[-1].weight.abs().max() < 2e-3) for net in block.networks()},
     }
 
 
@@ -85,6 +87,7 @@ def test_every_entry_point_takes_the_same_settings(family: str) -> None:
         "adjoint_solver": adjoint,
         "logdet_train": PowerSeriesLogDet(3, 2),
         "logdet_eval": ExactLogDet(),
+        "zero_init": True,
     }
     summaries = []
     for name, make in _entry_points(family).items():
@@ -95,6 +98,8 @@ def test_every_entry_point_takes_the_same_settings(family: str) -> None:
     assert all(s == summaries[0] for s in summaries)
     first = summaries[0]
     assert first["coeff"] == {0.8} and first["activation"] == {"Sine"}
+    assert first["near_zero"] == {True}
+    assert _summary(_entry_points(family)["factory"]())["near_zero"] == {False}
     assert first["solver"] is solver and first["adjoint"] is adjoint
 
 

@@ -118,9 +118,10 @@ class LipschitzNet(nn.Module):
 
     @torch.no_grad()
     def _scale_last_weight(self) -> None:
-        """``zero_init``: the last layer's weight divided by :data:`ZERO_INIT_DIVISOR`. The layer
-        notices the new content at its next use (its norm is keyed by the weight's content);
-        a dense layer's norm is redone now, as the official code's initialisation does."""
+        """``zero_init``: the last layer's weight divided by
+        :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`. The layer notices
+        the new content at its next use (its norm is keyed by the weight's content); a dense
+        layer's norm is redone now, as the official code's initialisation does."""
         last = self._normalised_layers()[-1]
         last.weight.div_(ZERO_INIT_DIVISOR)
         if isinstance(last, SpectralLinear):
@@ -181,9 +182,10 @@ class LipschitzMLP(LipschitzNet):
         context_features: size of an optional context vector.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
-        zero_init: divide the last layer's initial weight by :data:`ZERO_INIT_DIVISOR`, so that
-            ``g`` starts near a constant (its bias) and a residual or implicit block near a
-            shift of the identity (the official ``zero_init``).
+        zero_init: divide the last layer's initial weight by
+            :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`, so that ``g``
+            starts near a constant (its bias) and a residual or implicit block near a shift of
+            the identity (the official ``zero_init``).
 
     Example:
         >>> import torch
@@ -250,8 +252,9 @@ class LipschitzCNN(LipschitzNet):
         kernel_size: odd size of the outer convolutions.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
-        zero_init: divide the last convolution's initial weight by :data:`ZERO_INIT_DIVISOR`
-            (the official ``zero_init``: a block starts near a shift of the identity).
+        zero_init: divide the last convolution's initial weight by
+            :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR` (the official
+            ``zero_init``: a block starts near a shift of the identity).
 
     Example:
         >>> import torch
