@@ -103,13 +103,20 @@ def impflow_changes(
     changes: dict[str, Any],
 ) -> dict[str, Any]:
     """The :class:`~implicit_transforms.blocks.BlockOptions` changes of the recipe's ImpFlow
-    blocks: its coefficient and activation, and the exact log-det for events of at most
+    blocks: its coefficient and activation, the trainer's ``--zero-init`` default (near-zero
+    last layers), and the exact log-det for events of at most
     :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` features (as the trainer's
     ``--logdet exact`` default for ``rq-impflow``). What the caller sets, in ``options`` or
-    ``changes``, wins."""
-    recipe: dict[str, Any] = {"coeff": settings.coeff, "activation": settings.activation}
+    ``changes``, wins (``options`` always sets ``zero_init``: its own value is used)."""
+    recipe: dict[str, Any] = {
+        "coeff": settings.coeff,
+        "activation": settings.activation,
+        "zero_init": MODEL_DEFAULTS[_MODEL]["zero_init"],
+    }
     if MODEL_DEFAULTS[_MODEL]["logdet"] == "exact" and features <= EXACT_LOGDET_MAX_DIM:
         recipe["logdet_train"] = ExactLogDet()
     if options is not None:
-        recipe = {k: v for k, v in recipe.items() if getattr(options, k) is None}
+        recipe = {
+            k: v for k, v in recipe.items() if k != "zero_init" and getattr(options, k) is None
+        }
     return {**recipe, **changes}

@@ -198,15 +198,20 @@ def test_scale_and_zero_init_flags_defaults_and_old_configs() -> None:
     parser = argparse.ArgumentParser()
     add_config_arguments(parser)
     for flags, scale, zero_init in (
-        ([], TRAINER_SCALE, TRAINER_ZERO_INIT),
+        ([], TRAINER_SCALE, TRAINER_ZERO_INIT["impflow"]),  # rq-impflow
+        (["--model", "resflow"], TRAINER_SCALE, TRAINER_ZERO_INIT["resflow"]),
         (["--scale", "raw", "--zero-init"], "raw", True),
         (["--scale", "standardised", "--no-zero-init"], "standardised", False),
     ):
         cfg = config_from_args(parser.parse_args(flags)).resolved()
         assert (cfg.scale, cfg.zero_init) == (scale, zero_init), flags
         assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    # the measured defaults: ImpFlow models start near zero, the others and images do not
+    assert TRAINER_ZERO_INIT == {"iresnet": False, "resflow": False, "impflow": True}
+    assert TRAINER_SCALE == "standardised"
     # images have no --scale; coupling flows no Lipschitz networks to start near zero
-    assert TrainConfig(dataset="digits").resolved().scale is None
+    image_cfg = TrainConfig(dataset="digits").resolved()
+    assert image_cfg.scale is None and image_cfg.zero_init is False
     assert TrainConfig(model="rq-coupling").resolved().zero_init is None
     # a config.json written before the two settings existed: what its run was trained with
     old = {k: v for k, v in TrainConfig().resolved().to_json().items()

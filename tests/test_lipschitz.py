@@ -385,7 +385,8 @@ def test_a_zero_weight_is_normalised_without_dividing_by_zero(exact: bool) -> No
     assert torch.isfinite(y).all() and torch.equal(y, layer.bias.expand(4, 5))
     y.sum().backward()
     assert torch.isfinite(layer.weight.grad).all() and float(layer.weight.grad.abs().max()) > 0
-    assert float(layer.sigma()) >= 0 and torch.isfinite(layer.sigma())
+    sigma = layer.sigma().detach()
+    assert float(sigma) >= 0 and bool(torch.isfinite(sigma))
 
 
 def test_zero_init_must_be_a_bool() -> None:

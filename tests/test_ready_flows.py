@@ -29,6 +29,12 @@ def test_nflows_implicit_flow_is_the_trainers_default_model() -> None:
     for a, b in zip(blocks, trainer_blocks, strict=True):
         assert type(a.logdet_train) is type(b.logdet_train)
         assert type(a.solver) is type(b.solver)
+        assert _near_zero(a) == _near_zero(b) == {True}  # the trainer's --zero-init default
+
+
+def _near_zero(block: torch.nn.Module) -> set[bool]:
+    """Whether each network's last layer starts near zero (``zero_init``)."""
+    return {bool(net.layers[-1].weight.abs().max() < 2e-3) for net in block.networks()}  # type: ignore[attr-defined, operator]
 
 
 def test_nflows_implicit_flow_log_prob_matches_slogdet() -> None:

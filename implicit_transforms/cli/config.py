@@ -27,7 +27,7 @@ from implicit_transforms.recipes import (
     MODEL_PRESETS,
     MODELS,
 )
-from implicit_transforms.recipes.families import TRAINER_SCALE
+from implicit_transforms.recipes.families import IMAGE_ZERO_INIT, TRAINER_SCALE
 from implicit_transforms.recipes.registry import ACTIVATION_NAMES
 from implicit_transforms.recipes.registry import SOLVERS as SOLVER_CLASSES
 
@@ -51,6 +51,7 @@ IMAGE_DEFAULTS: dict[str, Any] = {
     "fc_blocks": 0,
     "dequantization": "uniform",
     "logit_alpha": 0.05,
+    "zero_init": IMAGE_ZERO_INIT,
 }
 IMAGE_ONLY = ("data_root", "scales", "fc_blocks", "dequantization", "logit_alpha")
 DEQUANTIZATIONS = ("uniform", "variational")

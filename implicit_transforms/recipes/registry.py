@@ -64,7 +64,7 @@ def _preset(family: str, **extra: Any) -> dict[str, Any]:
         "activation": TRAINER_ACTIVATION,
         "solver": solver_name(fam.solver("raise")),
         "logdet": fam.series,
-        "zero_init": TRAINER_ZERO_INIT,
+        "zero_init": TRAINER_ZERO_INIT[family],
         **extra,
     }
 
