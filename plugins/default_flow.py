@@ -12,7 +12,9 @@ steps on one CPU thread, it reached 5.059 ± 0.004 test bits (entropy 5.00) wher
 couplings reached 5.129 with 34% more parameters, four ImpFlow blocks 5.376 and four Residual
 Flow blocks 5.455. The exact log-det (2-D) and learning rate 2e-3 were chosen in the same
 table; events larger than :data:`~implicit_transforms.recipes.families.EXACT_LOGDET_MAX_DIM` fall back to
-the family's stochastic estimator for training.
+the family's stochastic estimator for training. The ImpFlow networks start with near-zero last
+layers (:data:`~implicit_transforms.recipes.families.TRAINER_ZERO_INIT`: 5.051 against 5.072
+bits at seed 0, 5.061 against 5.089 at seed 1).
 """
 
 from __future__ import annotations
