@@ -89,6 +89,24 @@ BLOCKS: dict[str, BlockCase] = {
         lambda: resflow_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
     ),
     "impflow-cnn": BlockCase(lambda: impflow_block((2, 3, 3), 4), (2, 3, 3), tags=_P),
+    # i-DenseNet networks (concatenation weights, CLipSwish / CPila) and a CLipSwish MLP
+    "resflow-densenet": BlockCase(
+        lambda: resflow_block(3, [6, 6], network="densenet", activation="clipswish"), (3,), tags=_P
+    ),
+    "impflow-densenet": BlockCase(
+        lambda: impflow_block(3, [6, 6], network="densenet", activation="cpila"), (3,), tags=_P
+    ),
+    "resflow-mlp-clipswish": BlockCase(
+        lambda: resflow_block(3, [8], activation="clipswish"), (3,), tags=_P
+    ),
+    "impflow-densenet-cnn-context": BlockCase(
+        lambda: impflow_block(
+            (2, 3, 3), [3], network="densenet", activation="clipswish", context_features=CTX
+        ),
+        (2, 3, 3),
+        CTX,
+        tags=_P,
+    ),
     # wider networks at coeff 0.95, so that the adjoint solves of the gradient tests do work
     "resflow-mlp-32": BlockCase(lambda: resflow_block(4, [32], coeff=0.95), (4,), tags=_G),
     "impflow-mlp-32": BlockCase(lambda: impflow_block(4, [32], coeff=0.95), (4,), tags=_G),

@@ -23,8 +23,10 @@ from implicit_transforms.recipes.families import (
     ADJOINT_SOLVER,
     EXACT_LOGDET_TRAIN_MAX_DIM,
     FAMILIES,
+    NETWORK,
     Family,
 )
+from implicit_transforms.recipes.registry import NETWORKS
 from implicit_transforms.solvers import OnFailure, Solver
 from implicit_transforms.validation import check_instance, check_positive_int, real_scalar
 
@@ -59,6 +61,7 @@ class ResolvedOptions:
     logdet_train: LogDetEstimator
     logdet_eval: LogDetEstimator | None
     compile: bool = False
+    network: str = NETWORK
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,11 @@ class BlockOptions:
         compile: evaluate the networks through ``torch.compile`` (see
             :meth:`~implicit_transforms.lipschitz.LipschitzNet.compile_evaluation`; the first
             calls compile, later ones reuse the code; measured in ``benchmarks/README.md``).
+        network: the residual networks' architecture: ``"mlp"`` (default, the papers'
+            chains of spectral layers) or ``"densenet"`` (i-DenseNets,
+            :mod:`~implicit_transforms.lipschitz.densenet`: every hidden size is a dense
+            layer's growth); any family. With ``activation="clipswish"`` or ``"cpila"`` (the
+            concatenated activations) either doubles the next layer's input.
     """
 
     coeff: float | None = None
@@ -112,6 +120,7 @@ class BlockOptions:
     n_terms: int | None = None
     generator: torch.Generator | None = None
     compile: bool = False
+    network: str | None = None
 
     def __post_init__(self) -> None:
         if self.coeff is not None:
@@ -122,6 +131,10 @@ class BlockOptions:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
+        if self.network is not None and not isinstance(self.network, str):
+            raise TypeError(f"network must be a str, got {type(self.network).__name__}")
+        if self.network is not None and self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {list(NETWORKS)}, got {self.network!r}")
         for name in ("solver", "adjoint_solver", "logdet_train", "logdet_eval"):
             value = getattr(self, name)
             check_instance(value, name)
@@ -193,6 +206,7 @@ class BlockOptions:
             logdet_train=self._training_estimator(fam, event_shape),
             logdet_eval=self.logdet_eval,
             compile=self.compile,
+            network=NETWORK if self.network is None else self.network,
         )
 
     def _training_estimator(
@@ -243,6 +257,7 @@ class BlockSettings(TypedDict, total=False):
     n_terms: int
     generator: torch.Generator
     compile: bool
+    network: str
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))

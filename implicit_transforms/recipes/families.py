@@ -28,6 +28,7 @@ __all__ = [
     "GUIDE_ACTIVATION",
     "IMAGE_ACTIVATION",
     "LAYER_COEFF",
+    "NETWORK",
     "NETWORK_ACTIVATION",
     "TRAINER_ACTIVATION",
     "Family",
@@ -193,3 +194,11 @@ fit (6.49 bits on the checkerboard) for 1500 steps, while sine networks left it 
 IMAGE_ACTIVATION = "lipswish"
 """The activation of image flows (``image_flow``, the command line on images): the Residual
 Flows and ImpFlow image models' LipSwish."""
+
+NETWORK = "mlp"
+"""The residual networks' architecture when none is named (``network=`` of
+:class:`~implicit_transforms.blocks.BlockOptions`): the papers' chains of spectral layers
+(:class:`~implicit_transforms.lipschitz.LipschitzMLP`, or
+:class:`~implicit_transforms.lipschitz.LipschitzCNN` for images). ``"densenet"`` builds
+i-DenseNets' (:class:`~implicit_transforms.lipschitz.LipschitzDenseMLP`,
+:class:`~implicit_transforms.lipschitz.LipschitzDenseCNN`) in every family."""

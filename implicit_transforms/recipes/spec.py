@@ -20,6 +20,7 @@ from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.impflow import ImplicitBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
+from implicit_transforms.lipschitz.densenet import LipschitzDenseCNN, LipschitzDenseMLP
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
 from implicit_transforms.logdet import (
     ExactLogDet,
@@ -29,7 +30,13 @@ from implicit_transforms.logdet import (
     RouletteLogDet,
 )
 from implicit_transforms.recipes.families import FAMILIES, LAYER_COEFF, NETWORK_ACTIVATION
-from implicit_transforms.recipes.registry import component_spec, make_logdet, solver_from_spec
+from implicit_transforms.recipes.families import NETWORK as DEFAULT_NETWORK
+from implicit_transforms.recipes.registry import (
+    NETWORKS,
+    component_spec,
+    make_logdet,
+    solver_from_spec,
+)
 from implicit_transforms.solvers import Solver
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
@@ -43,11 +50,14 @@ def lipschitz_net(
     coeff: float = LAYER_COEFF,
     activation: str = NETWORK_ACTIVATION,
     context_features: int | None = None,
+    network: str = DEFAULT_NETWORK,
 ) -> LipschitzNet:
-    """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
+    """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``;
+    their i-DenseNet versions with ``network="densenet"``.
 
     ``hidden`` is the list of hidden sizes (MLP) or the number of hidden channels (CNN; a
-    sequence uses its first entry).
+    sequence uses its first entry). For a DenseNet every entry of ``hidden`` is one dense
+    layer's growth, in features or channels (an int: one dense layer).
 
     Args:
         event_shape: ``D`` or ``(D,)`` for vectors, ``(C, H, W)`` for images.
@@ -55,6 +65,7 @@ def lipschitz_net(
         coeff: Lipschitz coefficient of every layer.
         activation: the activation's name.
         context_features: size of a context entering as a bias, or ``None``.
+        network: ``"mlp"`` (chains of spectral layers) or ``"densenet"`` (i-DenseNets).
 
     Returns:
         The network.
@@ -62,9 +73,20 @@ def lipschitz_net(
     Example:
         >>> type(lipschitz_net(3, [8])).__name__, type(lipschitz_net((1, 4, 4), 8)).__name__
         ('LipschitzMLP', 'LipschitzCNN')
+        >>> type(lipschitz_net(3, [8, 8], network="densenet", activation="clipswish")).__name__
+        'LipschitzDenseMLP'
     """
     shape = check_event_shape(event_shape, "event_shape")
     sizes = check_hidden(hidden, "hidden")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {list(NETWORKS)}, got {network!r}")
+    if network == "densenet":
+        if len(shape) not in (1, 3):
+            raise ValueError(f"event_shape must be (D,) or (C, H, W), got {shape}")
+        dense = LipschitzDenseMLP if len(shape) == 1 else LipschitzDenseCNN
+        return dense(
+            shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
+        )
     if len(shape) == 1:
         return LipschitzMLP(
             shape[0], sizes, coeff=coeff, activation=activation, context_features=context_features
@@ -98,6 +120,7 @@ class BlockSpec:
             ``logdet_train``).
         context_features: size of a context entering as a bias, or ``None``.
         compile: whether the networks' evaluations are compiled.
+        network: the networks' architecture, ``"mlp"`` or ``"densenet"`` (i-DenseNets).
 
     Example:
         >>> spec = BlockSpec.from_options("resflow", 2, [8])
@@ -118,6 +141,7 @@ class BlockSpec:
     logdet_eval: LogDetEstimator | None = None
     context_features: int | None = None
     compile: bool = False
+    network: str = DEFAULT_NETWORK
 
     @classmethod
     def from_options(
@@ -149,6 +173,7 @@ class BlockSpec:
             logdet_eval=opts.logdet_eval,
             context_features=context_features,
             compile=opts.compile,
+            network=opts.network,
         )
 
     def build(self) -> InvertibleBlock:
@@ -161,6 +186,7 @@ class BlockSpec:
                 coeff=self.coeff,
                 activation=self.activation,
                 context_features=self.context_features,
+                network=self.network,
             )
             for _ in range(FAMILIES[self.family].networks)
         ]
