@@ -89,6 +89,13 @@ BLOCKS: dict[str, BlockCase] = {
         lambda: resflow_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
     ),
     "impflow-cnn": BlockCase(lambda: impflow_block((2, 3, 3), 4), (2, 3, 3), tags=_P),
+    # wider networks at coeff 0.95, so that the adjoint solves of the gradient tests do work
+    "resflow-mlp-32": BlockCase(lambda: resflow_block(4, [32], coeff=0.95), (4,), tags=_G),
+    "impflow-mlp-32": BlockCase(lambda: impflow_block(4, [32], coeff=0.95), (4,), tags=_G),
+    # the Russian-roulette estimator with its Neumann gradient (not exact: no double backward)
+    "resflow-mlp-roulette": BlockCase(
+        lambda: resflow_block(3, [8], n_exact_terms=2), (3,), tags=_D
+    ),
     # i-DenseNet networks (concatenation weights, CLipSwish / CPila) and a CLipSwish MLP
     "resflow-densenet": BlockCase(
         lambda: resflow_block(3, [6, 6], network="densenet", activation="clipswish"), (3,), tags=_P
@@ -106,13 +113,6 @@ BLOCKS: dict[str, BlockCase] = {
         (2, 3, 3),
         CTX,
         tags=_P,
-    ),
-    # wider networks at coeff 0.95, so that the adjoint solves of the gradient tests do work
-    "resflow-mlp-32": BlockCase(lambda: resflow_block(4, [32], coeff=0.95), (4,), tags=_G),
-    "impflow-mlp-32": BlockCase(lambda: impflow_block(4, [32], coeff=0.95), (4,), tags=_G),
-    # the Russian-roulette estimator with its Neumann gradient (not exact: no double backward)
-    "resflow-mlp-roulette": BlockCase(
-        lambda: resflow_block(3, [8], n_exact_terms=2), (3,), tags=_D
     ),
 }
 """Every block configuration of the property tests, by readable id."""

@@ -80,7 +80,8 @@ class BlockOptions:
         coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer (iresnet 0.9,
             resflow/impflow 0.97); any real scalar (numpy, 0-d tensor), stored as a float.
         activation: ``"lipswish"``, ``"sin"`` or ``"elu"`` (iresnet ELU, others sine; see
-            :data:`FAMILIES` for the measurements behind it).
+            :data:`FAMILIES` for the measurements behind it), or the concatenated
+            ``"clipswish"`` and ``"cpila"`` (``R^n -> R^{2n}``; the next layer is widened).
         solver: root solver of the implicit direction(s) (residual blocks: fixed point;
             impflow: Broyden).
         adjoint_solver: solver of the backward linear systems (default: Broyden with the
