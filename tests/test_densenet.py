@@ -112,7 +112,7 @@ def test_pila_is_twice_differentiable_at_zero_and_linear_above() -> None:
     (d2,) = torch.autograd.grad(d1.sum(), x)
     assert torch.allclose(d1, torch.ones(4), atol=1e-6)
     assert torch.allclose(d2, torch.zeros(4), atol=1e-5)
-    assert float(y[3]) == 2.0
+    assert float(y[3].detach()) == 2.0
     # no overflow from e^{kx} on the branch that is not taken
     assert torch.isfinite(pila(torch.tensor([1e3, -1e3]))).all()
 
@@ -174,9 +174,9 @@ def test_dense_mlp_certified_bound_above_exact_jacobian_norm(activation: str) ->
     assert max(norms) <= cert.bound < 1.0
     # the bound is the product of the dense layers' sqrt(eta1^2 + eta2^2 ||W||^2) and ||W_out||
     eta = concat_weights(net.concat_raw.detach())
-    expected = float(torch.linalg.matrix_norm(net.layers[-1].normalized_weight(), ord=2))
+    expected = float(torch.linalg.matrix_norm(net.layers[-1].normalized_weight().detach(), ord=2))
     for i, layer in enumerate(list(net.layers)[:-1]):
-        w = float(torch.linalg.matrix_norm(layer.normalized_weight(), ord=2))
+        w = float(torch.linalg.matrix_norm(layer.normalized_weight().detach(), ord=2))
         expected *= math.sqrt(float(eta[i, 0]) ** 2 + float(eta[i, 1]) ** 2 * w**2)
     assert cert.bound == pytest.approx(expected, rel=1e-12)
     assert all(k.split(":")[1] in ("DenseStep", "SpectralLinear") for k in cert.layers)

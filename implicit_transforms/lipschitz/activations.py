@@ -146,8 +146,9 @@ class CLipSwish(ConcatenatedActivation):
     .. math:: \mathrm{CLipSwish}(x) = \frac{[\,x\,\sigma(\beta x),\ -x\,\sigma(-\beta x)\,]}{C},
         \qquad C = \sqrt{a_*^2 + (1 - a_*)^2} = 1.10436154\ldots
 
-    makes it 1-Lipschitz (:data:`CLIPSWISH_SCALE`, equality approached at ``beta x = +-2.3994``).
-    The paper writes ``C`` as LipSwish's 1.1 times 1.004.
+    makes it 1-Lipschitz (:data:`~implicit_transforms.lipschitz.activations.CLIPSWISH_SCALE`,
+    equality approached at ``beta x = +-2.3994``). The paper writes ``C`` as LipSwish's 1.1
+    times 1.004.
 
     Args:
         dim: the feature dimension the halves are concatenated along.
@@ -229,15 +230,16 @@ class CPila(ConcatenatedActivation):
 
     The Jacobian stacks two diagonal matrices with entries ``P'(x - 0.2)`` and
     ``-P'(-x - 0.2)``; its spectral norm is the largest ``sqrt(P'(x - 0.2)^2 +
-    P'(-x - 0.2)^2) / C``. ``P'`` lies in ``[-19 e^{-4}, 1]`` (see :func:`pila`), and the two
-    arguments sum to ``-0.4``: the largest value is at ``x = +-0.6``, where one slope is 1
+    P'(-x - 0.2)^2) / C``. ``P'`` lies in ``[-19 e^{-4}, 1]`` (see
+    :func:`~implicit_transforms.lipschitz.activations.pila`), and the two arguments sum to
+    ``-0.4``: the largest value is at ``x = +-0.6``, where one slope is 1
     (argument ``0.4 > 0``) and the other at its minimum (argument ``-0.8 = -4 / k``), so
 
     .. math:: \mathrm{CPila}(x) = \frac{[\,P(x - 0.2),\ P(-x - 0.2)\,]}{C}, \qquad
         C = \sqrt{1 + 361\,e^{-8}} = 1.0588210\ldots
 
-    (:data:`CPILA_SCALE`; the paper rounds it up to 1.06). Plain PyTorch: autograd gives every
-    derivative, no compiled extension.
+    (:data:`~implicit_transforms.lipschitz.activations.CPILA_SCALE`; the paper rounds it up to
+    1.06). Plain PyTorch: autograd gives every derivative, no compiled extension.
 
     Args:
         dim: the feature dimension the halves are concatenated along.

@@ -52,9 +52,11 @@ def concat_weights(raw: Tensor) -> Tensor:
 
 
 class DenseStep(nn.Module):
-    """One dense layer ``x -> [eta1 x, eta2 act(W x + b)]`` as :func:`certify` sees it:
-    a view of a :class:`LipschitzDenseNet`'s layer, activation and current weights, made by
-    :meth:`LipschitzDenseNet.lipschitz_chain` (not part of the network's state).
+    """One dense layer ``x -> [eta1 x, eta2 act(W x + b)]`` as
+    :func:`~implicit_transforms.lipschitz.certify` sees it: a view of a
+    :class:`~implicit_transforms.lipschitz.LipschitzDenseNet`'s layer, activation and current
+    weights, made by :meth:`~implicit_transforms.lipschitz.LipschitzDenseNet.lipschitz_chain`
+    (not part of the network's state).
 
     Its bound is ``sqrt(eta1^2 + eta2^2 Lip(act o W)^2)``.
 
@@ -87,8 +89,9 @@ class LipschitzDenseNet(LipschitzNet):
 
     ``layers`` holds ``W_1 .. W_L`` and the output layer ``W_{L+1}`` (so ``layers[-1]`` is the
     last layer, as in every :class:`LipschitzNet`), ``activations`` the ``L`` activations and
-    ``concat_raw`` the ``(L, 2)`` raw concatenation weights (:func:`concat_weights`). A
-    context enters as a bias of the first dense layer (before its activation).
+    ``concat_raw`` the ``(L, 2)`` raw concatenation weights
+    (:func:`~implicit_transforms.lipschitz.densenet.concat_weights`). A context enters as a
+    bias of the first dense layer (before its activation).
 
     References:
         Perugachi-Diaz, Tomczak, Bhulai, "Invertible DenseNets with Concatenated LipSwish",
@@ -121,8 +124,8 @@ class LipschitzDenseNet(LipschitzNet):
         return layers[-1].apply_weight(h, weights[-1])
 
     def lipschitz_chain(self) -> list[nn.Module]:
-        """The dense layers (as :class:`DenseStep` views) and the output layer, whose bounds
-        multiply to a bound of ``Lip(g)``.
+        """The dense layers (as :class:`~implicit_transforms.lipschitz.densenet.DenseStep`
+        views) and the output layer, whose bounds multiply to a bound of ``Lip(g)``.
 
         Returns:
             The modules in order of application.
@@ -203,7 +206,10 @@ class LipschitzDenseMLP(LipschitzDenseNet):
         kw = {"coeff": coeff, "n_power_iterations": n_power_iterations}
         self.layers = nn.ModuleList(
             [
-                *(SpectralLinear(w, g, **kw) for w, g in zip(widths, sizes, strict=False)),  # type: ignore[arg-type]
+                *(
+                    SpectralLinear(w, g, **kw)  # type: ignore[arg-type]
+                    for w, g in zip(widths, sizes, strict=False)
+                ),
                 SpectralLinear(widths[-1], features, **kw),  # type: ignore[arg-type]
             ]
         )
