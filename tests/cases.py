@@ -96,6 +96,24 @@ BLOCKS: dict[str, BlockCase] = {
     "resflow-mlp-roulette": BlockCase(
         lambda: resflow_block(3, [8], n_exact_terms=2), (3,), tags=_D
     ),
+    # i-DenseNet networks (concatenation weights, CLipSwish / CPila) and a CLipSwish MLP
+    "resflow-densenet": BlockCase(
+        lambda: resflow_block(3, [6, 6], network="densenet", activation="clipswish"), (3,), tags=_P
+    ),
+    "impflow-densenet": BlockCase(
+        lambda: impflow_block(3, [6, 6], network="densenet", activation="cpila"), (3,), tags=_P
+    ),
+    "resflow-mlp-clipswish": BlockCase(
+        lambda: resflow_block(3, [8], activation="clipswish"), (3,), tags=_P
+    ),
+    "impflow-densenet-cnn-context": BlockCase(
+        lambda: impflow_block(
+            (2, 3, 3), [3], network="densenet", activation="clipswish", context_features=CTX
+        ),
+        (2, 3, 3),
+        CTX,
+        tags=_P,
+    ),
 }
 """Every block configuration of the property tests, by readable id."""
 

@@ -57,6 +57,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str], str | None]] = {
         ["speed.json", "speed.md"],
         "normflows",
     ),
+    "densenet": ("densenet.py", [], ["densenet.json", "densenet.md"], None),
 }
 
 

@@ -46,6 +46,7 @@ STYLED_MODULES = [
     "implicit_transforms.lipschitz.norms",
     "implicit_transforms.lipschitz.activations",
     "implicit_transforms.lipschitz.networks",
+    "implicit_transforms.lipschitz.densenet",
     "implicit_transforms.lipschitz.certify",
 ]
 

@@ -23,7 +23,14 @@ except ImportError:  # pragma: no cover - without the extras
 
 from implicit_transforms import BlockOptions, InvertibleBlock
 from implicit_transforms.blocks import build_block, impflow_block, iresnet_block, resflow_block
-from implicit_transforms.lipschitz import LipSwish, Sine, SpectralLinear
+from implicit_transforms.lipschitz import (
+    CLipSwish,
+    LipschitzDenseMLP,
+    LipschitzMLP,
+    LipSwish,
+    Sine,
+    SpectralLinear,
+)
 from implicit_transforms.logdet import ExactLogDet, PowerSeriesLogDet, RouletteLogDet
 from implicit_transforms.solvers import Anderson, Broyden, FixedPoint
 
@@ -127,6 +134,21 @@ def test_family_defaults() -> None:
     assert isinstance(est, RouletteLogDet) and est.length.n_exact_terms == 4  # type: ignore[attr-defined]
     assert est.n_probes == 3
     assert iresnet_block(3, n_terms=7).logdet_train.n_terms == 7  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("family", FACTORIES)
+def test_network_and_concatenated_activation_reach_every_entry_point(family: str) -> None:
+    """``network="densenet"`` with CLipSwish through every host, without host code of its
+    own: the same networks as the factory's (same layer widths, same activation)."""
+    opts = {"network": "densenet", "activation": "clipswish"}
+    for name, make in _entry_points(family).items():
+        for block in (make(**opts), make(options=BlockOptions(**opts))):
+            nets = block.networks()
+            assert all(isinstance(n, LipschitzDenseMLP) for n in nets), name
+            assert {type(a) for n in nets for a in n.activations} == {CLipSwish}, name
+            widths = [m.in_features for m in nets[0].layers]
+            assert widths == [3, 3 + 2 * 8], name  # the activation doubles the growth
+        assert all(isinstance(n, LipschitzMLP) for n in make().networks()), name
 
 
 @pytest.mark.parametrize("family", FACTORIES)

@@ -93,7 +93,7 @@ def iresnet_block(
             (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
             ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
             ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
-            ``compile``, ``zero_init``. Unknown names raise ``TypeError``.
+            ``compile``, ``zero_init``, ``network``. Unknown names raise ``TypeError``.
 
     Returns:
         The block (its defaults: the ``"iresnet"`` entry of
@@ -143,7 +143,7 @@ def resflow_block(
             (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
             ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
             ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
-            ``compile``, ``zero_init``. Unknown names raise ``TypeError``.
+            ``compile``, ``zero_init``, ``network``. Unknown names raise ``TypeError``.
 
     Returns:
         The block (its defaults: the ``"resflow"`` entry of
@@ -192,7 +192,7 @@ def impflow_block(
             (:class:`~implicit_transforms.blocks.options.BlockSettings`): ``coeff``,
             ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``, ``logdet_train``,
             ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``, ``generator``,
-            ``compile``, ``zero_init``. Unknown names raise ``TypeError``.
+            ``compile``, ``zero_init``, ``network``. Unknown names raise ``TypeError``.
 
     Returns:
         The block (its defaults: the ``"impflow"`` entry of

@@ -23,8 +23,10 @@ from implicit_transforms.recipes.families import (
     ADJOINT_SOLVER,
     EXACT_LOGDET_TRAIN_MAX_DIM,
     FAMILIES,
+    NETWORK,
     Family,
 )
+from implicit_transforms.recipes.registry import NETWORKS
 from implicit_transforms.solvers import OnFailure, Solver
 from implicit_transforms.validation import check_instance, check_positive_int, real_scalar
 
@@ -60,6 +62,7 @@ class ResolvedOptions:
     logdet_eval: LogDetEstimator | None
     compile: bool = False
     zero_init: bool = False
+    network: str = NETWORK
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,8 @@ class BlockOptions:
         coeff: Lipschitz coefficient ``c`` in ``(0, 1)`` of every layer (iresnet 0.9,
             resflow/impflow 0.97); any real scalar (numpy, 0-d tensor), stored as a float.
         activation: ``"lipswish"``, ``"sin"`` or ``"elu"`` (iresnet ELU, others sine; see
-            :data:`FAMILIES` for the measurements behind it).
+            :data:`FAMILIES` for the measurements behind it), or the concatenated
+            ``"clipswish"`` and ``"cpila"`` (``R^n -> R^{2n}``; the next layer is widened).
         solver: root solver of the implicit direction(s) (residual blocks: fixed point;
             impflow: Broyden).
         adjoint_solver: solver of the backward linear systems (default: Broyden with the
@@ -103,6 +107,11 @@ class BlockOptions:
             :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`), so each block
             starts near the identity plus a shift, as the official Residual Flows and ImpFlow
             code does (default ``False``: the layers' own initialisation).
+        network: the residual networks' architecture: ``"mlp"`` (default, the papers'
+            chains of spectral layers) or ``"densenet"`` (i-DenseNets,
+            :mod:`~implicit_transforms.lipschitz.densenet`: every hidden size is a dense
+            layer's growth); any family. With ``activation="clipswish"`` or ``"cpila"`` (the
+            concatenated activations) either doubles the next layer's input.
     """
 
     coeff: float | None = None
@@ -118,6 +127,7 @@ class BlockOptions:
     generator: torch.Generator | None = None
     compile: bool = False
     zero_init: bool = False
+    network: str | None = None
 
     def __post_init__(self) -> None:
         if self.coeff is not None:
@@ -128,6 +138,10 @@ class BlockOptions:
             raise ValueError(
                 f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
             )
+        if self.network is not None and not isinstance(self.network, str):
+            raise TypeError(f"network must be a str, got {type(self.network).__name__}")
+        if self.network is not None and self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {list(NETWORKS)}, got {self.network!r}")
         for name in ("solver", "adjoint_solver", "logdet_train", "logdet_eval"):
             value = getattr(self, name)
             check_instance(value, name)
@@ -202,6 +216,7 @@ class BlockOptions:
             logdet_eval=self.logdet_eval,
             compile=self.compile,
             zero_init=self.zero_init,
+            network=NETWORK if self.network is None else self.network,
         )
 
     def _training_estimator(
@@ -253,6 +268,7 @@ class BlockSettings(TypedDict, total=False):
     generator: torch.Generator
     compile: bool
     zero_init: bool
+    network: str
 
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(BlockOptions))

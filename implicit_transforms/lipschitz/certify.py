@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from implicit_transforms.lipschitz.activations import LipSwish, Sine
+from implicit_transforms.lipschitz.activations import ConcatenatedActivation, LipSwish, Sine
+from implicit_transforms.lipschitz.densenet import DenseStep
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.lipschitz.norms import exact_operator_norm
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear
@@ -115,7 +116,12 @@ def _layer_bound(layer: nn.Module, input_size: tuple[int, int] | None) -> float:
         if weight.shape[1] * size[0] * size[1] <= _EXACT_CONV_MAX:
             return _conv_exact_norm(weight, size, layer.padding)
         return conv_operator_norm_bound(weight, size)
-    if isinstance(layer, (LipSwish, Sine)):
+    if isinstance(layer, DenseStep):
+        # [eta1 x, eta2 act(W x)]: sqrt(eta1^2 + eta2^2 Lip(act o W)^2)
+        inner = _layer_bound(layer.layer, input_size) * _layer_bound(layer.activation, input_size)
+        return layer.bound(inner)
+    if isinstance(layer, (LipSwish, Sine, ConcatenatedActivation)):
+        # the concatenated ones (R^n -> R^2n) by their scale constants, derived and tested
         return 1.0
     if isinstance(layer, nn.ELU):
         return max(1.0, float(layer.alpha))
@@ -194,7 +200,9 @@ def certify(module: Any, input_size: tuple[int, int] | None = None) -> Certifica
     .. math:: \mathrm{Lip}(f_n \circ \cdots \circ f_1) \le \prod_i \mathrm{Lip}(f_i)
 
     ``Lip(f_n o ... o f_1) <= prod_i Lip(f_i)``. Dense layers: exact spectral norm of the
-    effective weight (SVD in float64); convolutions: :func:`conv_operator_norm_bound` on
+    effective weight (SVD in float64); a dense layer of an i-DenseNet
+    (:class:`~implicit_transforms.lipschitz.densenet.DenseStep`)
+    ``sqrt(eta1^2 + eta2^2 Lip(act o W)^2)``; convolutions: :func:`conv_operator_norm_bound` on
     ``input_size`` (default: the size the layer last saw), or the exact norm of the dense
     operator when the input has at most 1024 elements; activations of this package: 1.
 

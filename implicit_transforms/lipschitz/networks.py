@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from implicit_transforms.lipschitz.activations import make_activation
+from implicit_transforms.lipschitz.activations import activation_expansion, make_activation
 from implicit_transforms.lipschitz.spectral import SpectralConv2d, SpectralLinear, check_coeff
 from implicit_transforms.recipes.families import LAYER_COEFF, NETWORK_ACTIVATION
 
@@ -178,7 +178,9 @@ class LipschitzMLP(LipschitzNet):
         features: ``D``.
         hidden_features: sizes of the hidden layers.
         coeff: Lipschitz coefficient per layer, in ``(0, 1)``.
-        activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
+        activation: a name of :data:`~implicit_transforms.lipschitz.ACTIVATIONS`
+            (``"lipswish"``, ``"elu"``, ``"sin"``, or the concatenated ``"clipswish"`` and
+            ``"cpila"``, after which the next layer takes twice the hidden size).
         context_features: size of an optional context vector.
         n_power_iterations: power iterations per weight change (convolutions and large dense
             layers; smaller dense layers use the exact norm).
@@ -215,14 +217,16 @@ class LipschitzMLP(LipschitzNet):
             _check_positive("hidden_features entries", h)
         check_coeff(coeff)
         sizes = [features, *hidden, features]
+        # a concatenated activation (CLipSwish, CPila) doubles the next layer's input
+        widths = [features] + [h * activation_expansion(activation) for h in hidden]
         self.features = features
         self.event_dims = 1
         self.context_features = context_features
         self.layers = nn.ModuleList(
             SpectralLinear(a, b, coeff=coeff, n_power_iterations=n_power_iterations)
-            for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            for a, b in zip(widths, sizes[1:], strict=True)
         )
-        self.activations = nn.ModuleList(make_activation(activation) for _ in sizes[1:-1])
+        self.activations = nn.ModuleList(make_activation(activation, dim=-1) for _ in hidden)
         self.context_net = None
         if context_features is not None:
             _check_positive("context_features", context_features)
@@ -247,7 +251,9 @@ class LipschitzCNN(LipschitzNet):
         channels: ``C``.
         hidden_channels: channels of the two hidden feature maps.
         coeff: Lipschitz coefficient per layer, in ``(0, 1)``.
-        activation: ``"lipswish"``, ``"elu"`` or ``"sin"``.
+        activation: a name of :data:`~implicit_transforms.lipschitz.ACTIVATIONS` (the
+            concatenated ``"clipswish"`` and ``"cpila"`` double the channels the next
+            convolution takes).
         context_features: size of an optional context vector (enters as a per-channel bias).
         kernel_size: odd size of the outer convolutions.
         n_power_iterations: power iterations per weight change (convolutions and large dense
@@ -283,14 +289,15 @@ class LipschitzCNN(LipschitzNet):
         self.event_dims = 3
         self.context_features = context_features
         kw = {"coeff": coeff, "n_power_iterations": n_power_iterations}
+        wide = hidden_channels * activation_expansion(activation)  # after the activation
         self.layers = nn.ModuleList(
             [
                 SpectralConv2d(channels, hidden_channels, kernel_size, **kw),  # type: ignore[arg-type]
-                SpectralConv2d(hidden_channels, hidden_channels, 1, **kw),  # type: ignore[arg-type]
-                SpectralConv2d(hidden_channels, channels, kernel_size, **kw),  # type: ignore[arg-type]
+                SpectralConv2d(wide, hidden_channels, 1, **kw),  # type: ignore[arg-type]
+                SpectralConv2d(wide, channels, kernel_size, **kw),  # type: ignore[arg-type]
             ]
         )
-        self.activations = nn.ModuleList(make_activation(activation) for _ in range(2))
+        self.activations = nn.ModuleList(make_activation(activation, dim=-3) for _ in range(2))
         self.context_net = None
         if context_features is not None:
             _check_positive("context_features", context_features)

@@ -29,6 +29,7 @@ __all__ = [
     "IMAGE_ACTIVATION",
     "IMAGE_ZERO_INIT",
     "LAYER_COEFF",
+    "NETWORK",
     "NETWORK_ACTIVATION",
     "TRAINER_ACTIVATION",
     "TRAINER_SCALE",
@@ -220,3 +221,10 @@ seed 1, for no more CPU time (92 s against 106 s at seed 0, 119 s against 120 s 
 IMAGE_ZERO_INIT = False
 """``--zero-init`` for image flows: off, the layers' own initialisation (not measured on
 images)."""
+NETWORK = "mlp"
+"""The residual networks' architecture when none is named (``network=`` of
+:class:`~implicit_transforms.blocks.BlockOptions`): the papers' chains of spectral layers
+(:class:`~implicit_transforms.lipschitz.LipschitzMLP`, or
+:class:`~implicit_transforms.lipschitz.LipschitzCNN` for images). ``"densenet"`` builds
+i-DenseNets' (:class:`~implicit_transforms.lipschitz.LipschitzDenseMLP`,
+:class:`~implicit_transforms.lipschitz.LipschitzDenseCNN`) in every family."""

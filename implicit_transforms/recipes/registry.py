@@ -31,6 +31,7 @@ __all__ = [
     "LOGDETS",
     "MODELS",
     "MODEL_PRESETS",
+    "NETWORKS",
     "SOLVERS",
     "component_spec",
     "make_logdet",
@@ -51,6 +52,10 @@ LOGDETS = ("roulette", "power-series", "exact")
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 """Names of the 1-Lipschitz activations."""
+
+NETWORKS = ("mlp", "densenet")
+"""Names of the residual networks' architectures (``network=`` of every block): the papers'
+chains of spectral layers, or i-DenseNets (:mod:`implicit_transforms.lipschitz.densenet`)."""
 
 MODELS = ("impflow", "resflow", "iresnet", "rq-coupling", "rq-impflow")
 """The command line's vector models. Each is a block family, nflows' RQ spline coupling, or

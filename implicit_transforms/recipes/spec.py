@@ -20,6 +20,7 @@ from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.impflow import ImplicitBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
+from implicit_transforms.lipschitz.densenet import LipschitzDenseCNN, LipschitzDenseMLP
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
 from implicit_transforms.logdet import (
     ExactLogDet,
@@ -29,7 +30,13 @@ from implicit_transforms.logdet import (
     RouletteLogDet,
 )
 from implicit_transforms.recipes.families import FAMILIES, LAYER_COEFF, NETWORK_ACTIVATION
-from implicit_transforms.recipes.registry import component_spec, make_logdet, solver_from_spec
+from implicit_transforms.recipes.families import NETWORK as DEFAULT_NETWORK
+from implicit_transforms.recipes.registry import (
+    NETWORKS,
+    component_spec,
+    make_logdet,
+    solver_from_spec,
+)
 from implicit_transforms.solvers import Solver
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
@@ -44,11 +51,14 @@ def lipschitz_net(
     activation: str = NETWORK_ACTIVATION,
     context_features: int | None = None,
     zero_init: bool = False,
+    network: str = DEFAULT_NETWORK,
 ) -> LipschitzNet:
-    """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``.
+    """A Lipschitz MLP for ``event_shape = D`` or ``(D,)``, a Lipschitz CNN for ``(C, H, W)``;
+    their i-DenseNet versions with ``network="densenet"``.
 
     ``hidden`` is the list of hidden sizes (MLP) or the number of hidden channels (CNN; a
-    sequence uses its first entry).
+    sequence uses its first entry). For a DenseNet every entry of ``hidden`` is one dense
+    layer's growth, in features or channels (an int: one dense layer).
 
     Args:
         event_shape: ``D`` or ``(D,)`` for vectors, ``(C, H, W)`` for images.
@@ -58,6 +68,7 @@ def lipschitz_net(
         context_features: size of a context entering as a bias, or ``None``.
         zero_init: start the last layer near zero (see
             :data:`~implicit_transforms.lipschitz.networks.ZERO_INIT_DIVISOR`).
+        network: ``"mlp"`` (chains of spectral layers) or ``"densenet"`` (i-DenseNets).
 
     Returns:
         The network.
@@ -65,9 +76,25 @@ def lipschitz_net(
     Example:
         >>> type(lipschitz_net(3, [8])).__name__, type(lipschitz_net((1, 4, 4), 8)).__name__
         ('LipschitzMLP', 'LipschitzCNN')
+        >>> type(lipschitz_net(3, [8, 8], network="densenet", activation="clipswish")).__name__
+        'LipschitzDenseMLP'
     """
     shape = check_event_shape(event_shape, "event_shape")
     sizes = check_hidden(hidden, "hidden")
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {list(NETWORKS)}, got {network!r}")
+    if network == "densenet":
+        if len(shape) not in (1, 3):
+            raise ValueError(f"event_shape must be (D,) or (C, H, W), got {shape}")
+        dense = LipschitzDenseMLP if len(shape) == 1 else LipschitzDenseCNN
+        return dense(
+            shape[0],
+            sizes,
+            coeff=coeff,
+            activation=activation,
+            context_features=context_features,
+            zero_init=zero_init,
+        )
     if len(shape) == 1:
         return LipschitzMLP(
             shape[0],
@@ -109,6 +136,7 @@ class BlockSpec:
         compile: whether the networks' evaluations are compiled.
         zero_init: whether each network's last layer starts near zero (a spec written
             without this key, before it existed, reads as ``False``).
+        network: the networks' architecture, ``"mlp"`` or ``"densenet"`` (i-DenseNets).
 
     Example:
         >>> spec = BlockSpec.from_options("resflow", 2, [8])
@@ -130,6 +158,7 @@ class BlockSpec:
     context_features: int | None = None
     compile: bool = False
     zero_init: bool = False
+    network: str = DEFAULT_NETWORK
 
     @classmethod
     def from_options(
@@ -162,6 +191,7 @@ class BlockSpec:
             context_features=context_features,
             compile=opts.compile,
             zero_init=opts.zero_init,
+            network=opts.network,
         )
 
     def build(self) -> InvertibleBlock:
@@ -175,6 +205,7 @@ class BlockSpec:
                 activation=self.activation,
                 context_features=self.context_features,
                 zero_init=self.zero_init,
+                network=self.network,
             )
             for _ in range(FAMILIES[self.family].networks)
         ]

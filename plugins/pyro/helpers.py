@@ -138,7 +138,8 @@ _HELPER_ARGS = """
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change
             (``coeff``, ``activation``, ``solver``, ``adjoint_solver``, ``on_failure``,
             ``logdet_train``, ``logdet_eval``, ``n_probes``, ``n_exact_terms``, ``n_terms``,
-            ``generator``, ``compile``): the same settings as the factories and the nflows transforms.
+            ``generator``, ``compile``, ``network``): the same settings as the factories and
+            the nflows transforms.
     """
 
 
