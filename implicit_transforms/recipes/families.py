@@ -43,13 +43,14 @@ class Family:
     :class:`~implicit_transforms.blocks.BlockOptions` fills.
 
     Attributes:
-        name: ``"iresnet"``, ``"resflow"`` or ``"impflow"``.
+        name: ``"iresnet"``, ``"resflow"``, ``"impflow"`` or ``"monotone"``.
         coeff: Lipschitz coefficient of every layer.
         activation: name of the 1-Lipschitz activation.
         solver: builds the default solver from a failure policy.
         series: ``"power-series"`` (truncated, i-ResNet) or ``"roulette"`` (unbiased,
             Neumann gradient, Residual Flows and ImpFlow) training log-det.
-        networks: residual networks per block (1 for the residual families, 2 for ImpFlow).
+        networks: residual networks per block (1 for the residual and monotone families, 2 for
+            ImpFlow).
         n_terms: terms of the default truncated series (``series == "power-series"``).
         n_exact_terms: terms the default roulette estimator always evaluates.
         n_probes: Hutchinson probes per sample of the default estimators.
@@ -86,8 +87,11 @@ FAMILIES: dict[str, Family] = {
     "impflow": Family(
         "impflow", LAYER_COEFF, "sin", lambda p: Broyden(on_failure=p), "roulette", networks=2
     ),
+    # Monotone Flows (Ahn et al. 2022): one network, a solve in each direction (Broyden, as
+    # ImpFlow's solves), the roulette estimator on both log-det terms.
+    "monotone": Family("monotone", LAYER_COEFF, "sin", lambda p: Broyden(on_failure=p), "roulette"),
 }
-"""The three block families and their defaults. They are the papers' configurations, except the
+"""The block families and their defaults. They are the papers' configurations, except the
 activation of ResFlow and ImpFlow, chosen by measurement. Residual Flows' LipSwish starts
 almost linear on standardised data and stalls on the Gaussian fit; ``sin(2 pi x) / (2 pi)``
 does not (800 Adam steps, ``[64, 64]`` networks, test bits, LipSwish vs sine: moons 3.54 vs

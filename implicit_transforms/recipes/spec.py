@@ -18,6 +18,7 @@ from typing import Any
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.impflow import ImplicitBlock
+from implicit_transforms.blocks.monotone import MonotoneBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.networks import LipschitzCNN, LipschitzMLP, LipschitzNet
@@ -85,7 +86,7 @@ class BlockSpec:
     """Everything a block is built from, as components.
 
     Attributes:
-        family: ``"iresnet"``, ``"resflow"`` or ``"impflow"`` (its table entry decides the
+        family: ``"iresnet"``, ``"resflow"``, ``"impflow"`` or ``"monotone"`` (which decides the
             block class and the number of networks).
         event_shape: ``(D,)`` or ``(C, H, W)``.
         hidden: hidden sizes (MLP) or hidden channels (CNN: the first entry).
@@ -153,7 +154,8 @@ class BlockSpec:
 
     def build(self) -> InvertibleBlock:
         """The block: :class:`~implicit_transforms.blocks.ImplicitBlock` for families with two
-        networks, :class:`~implicit_transforms.blocks.ResidualBlock` otherwise."""
+        networks, :class:`~implicit_transforms.blocks.MonotoneBlock` for ``"monotone"``,
+        :class:`~implicit_transforms.blocks.ResidualBlock` otherwise."""
         nets = [
             lipschitz_net(
                 self.event_shape,
@@ -175,6 +177,8 @@ class BlockSpec:
         }
         if len(nets) == 2:
             return ImplicitBlock(*nets, **common)
+        if self.family == "monotone":
+            return MonotoneBlock(nets[0], **common)
         return ResidualBlock(nets[0], **common)
 
     def to_dict(self) -> dict[str, Any]:
