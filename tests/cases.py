@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from implicit_transforms import InvertibleBlock
-from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
+from implicit_transforms.blocks import (
+    impflow_block,
+    iresnet_block,
+    monotone_block,
+    resflow_block,
+)
 from implicit_transforms.solvers import (
     Anderson,
     Broyden,
@@ -89,9 +94,17 @@ BLOCKS: dict[str, BlockCase] = {
         lambda: resflow_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
     ),
     "impflow-cnn": BlockCase(lambda: impflow_block((2, 3, 3), 4), (2, 3, 3), tags=_P),
+    "monotone-mlp": BlockCase(lambda: monotone_block(3, [8]), (3,), tags=_PD),
+    "monotone-mlp-context": BlockCase(
+        lambda: monotone_block(3, [8], context_features=CTX), (3,), CTX, tags=_P
+    ),
+    "monotone-cnn-context": BlockCase(
+        lambda: monotone_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
+    ),
     # wider networks at coeff 0.95, so that the adjoint solves of the gradient tests do work
     "resflow-mlp-32": BlockCase(lambda: resflow_block(4, [32], coeff=0.95), (4,), tags=_G),
     "impflow-mlp-32": BlockCase(lambda: impflow_block(4, [32], coeff=0.95), (4,), tags=_G),
+    "monotone-mlp-32": BlockCase(lambda: monotone_block(4, [32], coeff=0.95), (4,), tags=_G),
     # the Russian-roulette estimator with its Neumann gradient (not exact: no double backward)
     "resflow-mlp-roulette": BlockCase(
         lambda: resflow_block(3, [8], n_exact_terms=2), (3,), tags=_D
@@ -115,12 +128,16 @@ GRADIENT_CASES: dict[str, tuple[BlockCase, str]] = {
     "resflow-inverse": (BLOCKS["resflow-mlp-32"], "inverse"),
     "impflow-forward": (BLOCKS["impflow-mlp-32"], "forward"),
     "impflow-inverse": (BLOCKS["impflow-mlp-32"], "inverse"),
+    "monotone-forward": (BLOCKS["monotone-mlp-32"], "forward"),
+    "monotone-inverse": (BLOCKS["monotone-mlp-32"], "inverse"),
 }
 """(block, direction) pairs whose gradients go through a solve (``test_gradients.py``)."""
 
 SECOND_DERIVATIVE_CASES: dict[str, tuple[BlockCase, str]] = {
     "impflow-forward": (BLOCKS["impflow-mlp"], "forward"),
     "resflow-inverse": (BLOCKS["resflow-mlp"], "inverse"),
+    "monotone-forward": (BLOCKS["monotone-mlp"], "forward"),
+    "monotone-inverse": (BLOCKS["monotone-mlp"], "inverse"),
     "resflow-forward-neumann": (BLOCKS["resflow-mlp-roulette"], "forward"),
 }
 """(block, direction) pairs whose graph is not exact: a second derivative must raise."""
