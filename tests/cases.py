@@ -10,10 +10,13 @@ under any pytest import mode.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from implicit_transforms import InvertibleBlock
+import torch
+
+from implicit_transforms import InvertibleBlock, MonotoneBlock
 from implicit_transforms.blocks import (
     impflow_block,
     iresnet_block,
@@ -39,6 +42,7 @@ __all__ = [
     "SOLVERS",
     "SOLVER_OBJECTS",
     "BlockCase",
+    "round_trip_bound",
     "tagged",
 ]
 
@@ -141,3 +145,23 @@ SECOND_DERIVATIVE_CASES: dict[str, tuple[BlockCase, str]] = {
     "resflow-forward-neumann": (BLOCKS["resflow-mlp-roulette"], "forward"),
 }
 """(block, direction) pairs whose graph is not exact: a second derivative must raise."""
+
+
+def round_trip_bound(
+    block: InvertibleBlock, x: torch.Tensor, y: torch.Tensor, tol: float, lip: float
+) -> torch.Tensor:
+    """Per-sample bound on ``||f^{-1}(f(x)) - x||`` when every solve stops at
+    ``||F|| <= tol (1 + ||z||)`` and every network has ``Lip <= lip``.
+
+    A residual or implicit block: ``tol (1 + ||x||) / (1 - lip)`` (the error of the last solve,
+    ``||F|| / (1 - Lip)``). A :class:`~implicit_transforms.MonotoneBlock` solves for
+    ``w = (x + y) / sqrt(2)`` in both directions and outputs ``sqrt(2) w`` minus its input, so
+    each direction is off by ``sqrt(2) tol (1 + ||w||) / (1 - lip)``, and the inverse map
+    (Lipschitz ``(1 + lip) / (1 - lip)``) carries the forward's error back.
+    """
+    x, y = x.detach().flatten(1), y.detach().flatten(1)
+    if isinstance(block, MonotoneBlock):
+        w_norm = ((x + y) / math.sqrt(2)).norm(dim=1)
+        one_way = math.sqrt(2) * tol * (1 + w_norm) / (1 - lip)
+        return one_way * (1 + (1 + lip) / (1 - lip))
+    return tol * (1 + x.norm(dim=1)) / (1 - lip)

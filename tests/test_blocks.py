@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-from cases import CTX, PROPERTY_CASES, BlockCase
+from cases import CTX, PROPERTY_CASES, BlockCase, round_trip_bound
 
 from implicit_transforms import (
     ConvergenceError,
     ImplicitBlock,
     InvertibleBlock,
-    MonotoneBlock,
     ResidualBlock,
 )
 from implicit_transforms.blocks import (
@@ -68,13 +67,7 @@ def test_round_trip_float32(name: str) -> None:
     # (1 - Lip) for a residual with a contractive part.
     tol = default_tolerance(torch.float32)
     lip = max(certify(net).bound for net in block.networks())
-    bound = tol * (1 + x.flatten(1).norm(dim=1).max()) / (1 - lip)
-    if isinstance(block, MonotoneBlock):
-        # Both solves are for w = (x + y) / sqrt(2); each output is sqrt(2) w minus the input, so
-        # each direction is off by sqrt(2) tol (1 + ||w||) / (1 - Lip), and the inverse map
-        # (Lipschitz (1 + Lip) / (1 - Lip)) amplifies the forward's error on its way back.
-        w_norm = ((x + y.detach()) / math.sqrt(2)).flatten(1).norm(dim=1).max()
-        bound = math.sqrt(2) * tol * (1 + w_norm) / (1 - lip) * (1 + (1 + lip) / (1 - lip))
+    bound = round_trip_bound(block, x, y, tol, lip).max()
     assert float((x_rec - x).flatten(1).norm(dim=1).max()) <= float(bound)
     assert float((ld + ld_inv).abs().max()) < 1e-4
 

@@ -321,7 +321,7 @@ def test_evaluate_and_sample(
     assert code == 0 and np.load(trained / "samples.npy").shape == (7, 2)
 
 
-@pytest.mark.parametrize("model", ["impflow", "rq-coupling", "rq-impflow"])
+@pytest.mark.parametrize("model", ["impflow", "monotone", "rq-coupling", "rq-impflow"])
 def test_resume_continues_exactly(model: str, tmp_path: Path) -> None:
     """6 steps at once == 3 steps, stop, resume to 6: same weights, optimiser, metrics.
 
