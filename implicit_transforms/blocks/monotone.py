@@ -46,7 +46,7 @@ class MonotoneBlock(InvertibleBlock):
     ``adjoint_solver``). One root solve per direction, on residuals with Jacobian
     ``I + J_g`` (forward) or ``I - J_g`` (inverse). Unlike a residual block, whose Jacobian's
     singular values lie in ``[1 - c, 1 + c]``, this one's lie in
-    ``[(1 - c)/(1 + c), (1 + c)/(1 - c)]`` (19 to 1/66 at ``c = 0.97``): one block can be much
+    ``[(1 - c)/(1 + c), (1 + c)/(1 - c)]`` (1/66 to 66 at ``c = 0.97``): one block can be much
     steeper or flatter.
 
     Args:
