@@ -1,7 +1,8 @@
 """ImpFlow paper, Fig. 2: residual flows cannot fit a steep 1-D function; one implicit block can.
 
 Fits f(x) = L x (slope L = 10 on the ball [-1, 1]) by least squares with 1, 2 and 3 residual
-blocks and with one implicit block. Theorem 3 of the paper: any l-block residual flow has
+blocks, with one implicit block and with one monotone (Cayley) block, whose slopes reach
+(1 + c)/(1 - c) for a network with Lipschitz constant c. Theorem 3 of the paper: any l-block residual flow has
 sup-error >= r/2 (L - 2^l) on a ball of radius r where f expands by L, while one implicit
 block represents f exactly.
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from implicit_transforms import InvertibleBlock, impflow_block, resflow_block
+from implicit_transforms import InvertibleBlock, impflow_block, monotone_block, resflow_block
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # loaded by path (the tests)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -78,8 +79,9 @@ def fit(model: nn.Module, steps: int, lr: float = 5e-3, seed: int = 0) -> tuple[
 
 
 def build(kind: str, n_blocks: int, hidden: int = 32) -> nn.Module:
-    """``kind`` is 'resflow' or 'impflow'; the papers' LipSwish networks (the recorded runs)."""
-    factory = resflow_block if kind == "resflow" else impflow_block
+    """``kind`` is 'resflow', 'impflow' or 'monotone'; the papers' LipSwish networks (the
+    recorded runs)."""
+    factory = {"resflow": resflow_block, "impflow": impflow_block, "monotone": monotone_block}[kind]
     return Stack(
         [factory(1, [hidden, hidden], coeff=0.97, activation="lipswish") for _ in range(n_blocks)]
     )
@@ -96,7 +98,13 @@ def main() -> None:
     torch.set_default_dtype(torch.float64)
     rows = []
     models = {}
-    for kind, n in [("resflow", 1), ("resflow", 2), ("resflow", 3), ("impflow", 1)]:
+    for kind, n in [
+        ("resflow", 1),
+        ("resflow", 2),
+        ("resflow", 3),
+        ("impflow", 1),
+        ("monotone", 1),
+    ]:
         torch.manual_seed(0)
         model = build(kind, n)
         start = time.perf_counter()

@@ -10,10 +10,12 @@ from implicit_transforms.blocks import (
     BlockOptions,
     ImplicitBlock,
     InvertibleBlock,
+    MonotoneBlock,
     ResidualBlock,
     impflow_block,
     iresnet_block,
     lipschitz_net,
+    monotone_block,
     resflow_block,
 )
 from implicit_transforms.errors import (
@@ -51,6 +53,7 @@ __all__ = [
     "LipschitzCNN",
     "LipschitzMLP",
     "LipschitzWarning",
+    "MonotoneBlock",
     "ResidualBlock",
     "SolverResult",
     "TracingError",
@@ -61,6 +64,7 @@ __all__ = [
     "iresnet_block",
     "lipschitz_net",
     "load_run",
+    "monotone_block",
     "resflow_block",
     "set_input_validation",
     "solve_implicit",

@@ -10,11 +10,19 @@ under any pytest import mode.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from implicit_transforms import InvertibleBlock
-from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
+import torch
+
+from implicit_transforms import InvertibleBlock, MonotoneBlock
+from implicit_transforms.blocks import (
+    impflow_block,
+    iresnet_block,
+    monotone_block,
+    resflow_block,
+)
 from implicit_transforms.solvers import (
     Anderson,
     Broyden,
@@ -34,6 +42,7 @@ __all__ = [
     "SOLVERS",
     "SOLVER_OBJECTS",
     "BlockCase",
+    "round_trip_bound",
     "tagged",
 ]
 
@@ -89,9 +98,17 @@ BLOCKS: dict[str, BlockCase] = {
         lambda: resflow_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
     ),
     "impflow-cnn": BlockCase(lambda: impflow_block((2, 3, 3), 4), (2, 3, 3), tags=_P),
+    "monotone-mlp": BlockCase(lambda: monotone_block(3, [8]), (3,), tags=_PD),
+    "monotone-mlp-context": BlockCase(
+        lambda: monotone_block(3, [8], context_features=CTX), (3,), CTX, tags=_P
+    ),
+    "monotone-cnn-context": BlockCase(
+        lambda: monotone_block((2, 3, 3), 4, context_features=CTX), (2, 3, 3), CTX, tags=_P
+    ),
     # wider networks at coeff 0.95, so that the adjoint solves of the gradient tests do work
     "resflow-mlp-32": BlockCase(lambda: resflow_block(4, [32], coeff=0.95), (4,), tags=_G),
     "impflow-mlp-32": BlockCase(lambda: impflow_block(4, [32], coeff=0.95), (4,), tags=_G),
+    "monotone-mlp-32": BlockCase(lambda: monotone_block(4, [32], coeff=0.95), (4,), tags=_G),
     # the Russian-roulette estimator with its Neumann gradient (not exact: no double backward)
     "resflow-mlp-roulette": BlockCase(
         lambda: resflow_block(3, [8], n_exact_terms=2), (3,), tags=_D
@@ -133,12 +150,36 @@ GRADIENT_CASES: dict[str, tuple[BlockCase, str]] = {
     "resflow-inverse": (BLOCKS["resflow-mlp-32"], "inverse"),
     "impflow-forward": (BLOCKS["impflow-mlp-32"], "forward"),
     "impflow-inverse": (BLOCKS["impflow-mlp-32"], "inverse"),
+    "monotone-forward": (BLOCKS["monotone-mlp-32"], "forward"),
+    "monotone-inverse": (BLOCKS["monotone-mlp-32"], "inverse"),
 }
 """(block, direction) pairs whose gradients go through a solve (``test_gradients.py``)."""
 
 SECOND_DERIVATIVE_CASES: dict[str, tuple[BlockCase, str]] = {
     "impflow-forward": (BLOCKS["impflow-mlp"], "forward"),
     "resflow-inverse": (BLOCKS["resflow-mlp"], "inverse"),
+    "monotone-forward": (BLOCKS["monotone-mlp"], "forward"),
+    "monotone-inverse": (BLOCKS["monotone-mlp"], "inverse"),
     "resflow-forward-neumann": (BLOCKS["resflow-mlp-roulette"], "forward"),
 }
 """(block, direction) pairs whose graph is not exact: a second derivative must raise."""
+
+
+def round_trip_bound(
+    block: InvertibleBlock, x: torch.Tensor, y: torch.Tensor, tol: float, lip: float
+) -> torch.Tensor:
+    """Per-sample bound on ``||f^{-1}(f(x)) - x||`` when every solve stops at
+    ``||F|| <= tol (1 + ||z||)`` and every network has ``Lip <= lip``.
+
+    A residual or implicit block: ``tol (1 + ||x||) / (1 - lip)`` (the error of the last solve,
+    ``||F|| / (1 - Lip)``). A :class:`~implicit_transforms.MonotoneBlock` solves for
+    ``w = (x + y) / sqrt(2)`` in both directions and outputs ``sqrt(2) w`` minus its input, so
+    each direction is off by ``sqrt(2) tol (1 + ||w||) / (1 - lip)``, and the inverse map
+    (Lipschitz ``(1 + lip) / (1 - lip)``) carries the forward's error back.
+    """
+    x, y = x.detach().flatten(1), y.detach().flatten(1)
+    if isinstance(block, MonotoneBlock):
+        w_norm = ((x + y) / math.sqrt(2)).norm(dim=1)
+        one_way = math.sqrt(2) * tol * (1 + w_norm) / (1 - lip)
+        return one_way * (1 + (1 + lip) / (1 - lip))
+    return tol * (1 + x.norm(dim=1)) / (1 - lip)

@@ -6,16 +6,27 @@ import math
 
 import pytest
 import torch
-from cases import CTX, PROPERTY_CASES, BlockCase
+from cases import CTX, PROPERTY_CASES, BlockCase, round_trip_bound
 
-from implicit_transforms import ConvergenceError, ImplicitBlock, InvertibleBlock, ResidualBlock
-from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
+from implicit_transforms import (
+    ConvergenceError,
+    ImplicitBlock,
+    InvertibleBlock,
+    ResidualBlock,
+)
+from implicit_transforms.blocks import (
+    impflow_block,
+    iresnet_block,
+    monotone_block,
+    resflow_block,
+)
 from implicit_transforms.lipschitz import certify
 from implicit_transforms.solvers import Broyden, FixedPoint, SolverResult, default_tolerance
 
 Case = BlockCase
 CASES = PROPERTY_CASES
-IMPLICIT_CASES = [k for k in CASES if k.startswith("impflow")]
+IMPLICIT_CASES = [k for k in CASES if k.startswith(("impflow", "monotone"))]
+"""Blocks whose forward map is a solve too (ImpFlow, Monotone Flows)."""
 
 
 def _inputs(case: Case, batch: tuple[int, ...] = (4,), dtype: torch.dtype = torch.float64):
@@ -56,7 +67,7 @@ def test_round_trip_float32(name: str) -> None:
     # (1 - Lip) for a residual with a contractive part.
     tol = default_tolerance(torch.float32)
     lip = max(certify(net).bound for net in block.networks())
-    bound = tol * (1 + x.flatten(1).norm(dim=1).max()) / (1 - lip)
+    bound = round_trip_bound(block, x, y, tol, lip).max()
     assert float((x_rec - x).flatten(1).norm(dim=1).max()) <= float(bound)
     assert float((ld + ld_inv).abs().max()) < 1e-4
 
@@ -171,7 +182,7 @@ class _SpySolver:
         return self.inner(fn, z0, event_dims=event_dims)
 
 
-@pytest.mark.parametrize("name", [k for k in CASES if not k.startswith("impflow")])
+@pytest.mark.parametrize("name", [k for k in CASES if k not in IMPLICIT_CASES])
 def test_explicit_direction_never_calls_a_solver(name: str) -> None:
     case = CASES[name]
     block = _block(name)
@@ -253,14 +264,14 @@ def test_context_errors() -> None:
         block.forward_and_logdet(torch.ones(4, 3, dtype=torch.long), torch.randn(4, 2))
 
 
-@pytest.mark.parametrize("factory", [iresnet_block, resflow_block, impflow_block])
+@pytest.mark.parametrize("factory", [iresnet_block, resflow_block, impflow_block, monotone_block])
 @pytest.mark.parametrize("coeff", [1.0, 1.2])
 def test_coeff_at_least_one_rejected(factory, coeff: float) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=r"coeff must be in \(0, 1\)"):
         factory(3, [8], coeff=coeff)
 
 
-@pytest.mark.parametrize("name", ["resflow-mlp", "impflow-mlp"])
+@pytest.mark.parametrize("name", ["resflow-mlp", "impflow-mlp", "monotone-mlp"])
 def test_nonconvergence_raises(name: str) -> None:
     block = _block(name)
     block.solver = FixedPoint(max_iter=1) if name.startswith("resflow") else Broyden(max_iter=1)
@@ -290,7 +301,7 @@ def test_factories_take_activation_and_training_estimator() -> None:
     from implicit_transforms.lipschitz.activations import Sine
     from implicit_transforms.logdet import ExactLogDet
 
-    for factory in (iresnet_block, resflow_block, impflow_block):
+    for factory in (iresnet_block, resflow_block, impflow_block, monotone_block):
         block = factory(2, [8], activation="sin", logdet_train=ExactLogDet())
         assert any(isinstance(m, Sine) for m in block.modules()), factory.__name__
         assert isinstance(block.logdet_train, ExactLogDet)

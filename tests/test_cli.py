@@ -207,7 +207,12 @@ def test_scale_and_zero_init_flags_defaults_and_old_configs() -> None:
         assert (cfg.scale, cfg.zero_init) == (scale, zero_init), flags
         assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
     # the measured defaults: ImpFlow models start near zero, the others and images do not
-    assert TRAINER_ZERO_INIT == {"iresnet": False, "resflow": False, "impflow": True}
+    assert TRAINER_ZERO_INIT == {
+        "iresnet": False,
+        "resflow": False,
+        "impflow": True,
+        "monotone": False,
+    }
     assert TRAINER_SCALE == "standardised"
     # images have no --scale; coupling flows no Lipschitz networks to start near zero
     image_cfg = TrainConfig(dataset="digits").resolved()
@@ -358,7 +363,7 @@ def test_evaluate_and_sample(
     assert code == 0 and np.load(trained / "samples.npy").shape == (7, 2)
 
 
-@pytest.mark.parametrize("model", ["impflow", "rq-coupling", "rq-impflow"])
+@pytest.mark.parametrize("model", ["impflow", "monotone", "rq-coupling", "rq-impflow"])
 def test_resume_continues_exactly(model: str, tmp_path: Path) -> None:
     """6 steps at once == 3 steps, stop, resume to 6: same weights, optimiser, metrics.
 

@@ -29,6 +29,7 @@ from implicit_transforms.blocks import (
     InvertibleBlock,
     impflow_block,
     iresnet_block,
+    monotone_block,
     resflow_block,
 )
 from implicit_transforms.logdet import (
@@ -38,15 +39,31 @@ from implicit_transforms.logdet import (
     RouletteLogDet,
 )
 
-FAMILIES = ("resflow", "impflow", "iresnet")
-FACTORIES = {"resflow": resflow_block, "impflow": impflow_block, "iresnet": iresnet_block}
+FAMILIES = ("resflow", "impflow", "iresnet", "monotone")
+FACTORIES = {
+    "resflow": resflow_block,
+    "impflow": impflow_block,
+    "iresnet": iresnet_block,
+    "monotone": monotone_block,
+}
 TRANSFORMS = {
     "resflow": nf.ResFlowTransform,
     "impflow": nf.ImpFlowTransform,
     "iresnet": nf.IResNetTransform,
+    "monotone": nf.MonotoneTransform,
 }
-HELPERS = {"resflow": py.resflow, "impflow": py.impflow, "iresnet": py.iresnet}
-STOCHASTIC = {"resflow": RouletteLogDet, "impflow": RouletteLogDet, "iresnet": PowerSeriesLogDet}
+HELPERS = {
+    "resflow": py.resflow,
+    "impflow": py.impflow,
+    "iresnet": py.iresnet,
+    "monotone": py.monotone,
+}
+STOCHASTIC = {
+    "resflow": RouletteLogDet,
+    "impflow": RouletteLogDet,
+    "iresnet": PowerSeriesLogDet,
+    "monotone": RouletteLogDet,
+}
 
 
 def _build(host: str, family: str, dim: int, **changes: Any) -> InvertibleBlock:
@@ -122,7 +139,12 @@ def test_pyro_training_log_prob_is_exact_in_2d(family: str) -> None:
 
 
 def test_pyro_conditional_helpers_are_exact_in_2d() -> None:
-    for helper in (py.conditional_resflow, py.conditional_impflow, py.conditional_iresnet):
+    for helper in (
+        py.conditional_resflow,
+        py.conditional_impflow,
+        py.conditional_iresnet,
+        py.conditional_monotone,
+    ):
         assert isinstance(helper(2, 3).block.logdet_train, ExactLogDet), helper.__name__
 
 

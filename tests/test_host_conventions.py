@@ -31,7 +31,7 @@ from implicit_transforms import (
     InvertibleBlock,
     LipschitzWarning,
 )
-from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
+from implicit_transforms.blocks import impflow_block, iresnet_block, monotone_block, resflow_block
 from implicit_transforms.solvers import Broyden, SolverStatus, fixed_point
 
 BLOCKS: dict[str, Callable[[], InvertibleBlock]] = {
@@ -40,6 +40,8 @@ BLOCKS: dict[str, Callable[[], InvertibleBlock]] = {
     "impflow-mlp": lambda: impflow_block(3, [8]),
     "resflow-cnn": lambda: resflow_block((2, 4, 4), 4),
     "impflow-cnn": lambda: impflow_block((2, 4, 4), 4),
+    "monotone-mlp": lambda: monotone_block(3, [8]),
+    "monotone-cnn": lambda: monotone_block((2, 4, 4), 4),
 }
 EVENTS = {"mlp": (3,), "cnn": (2, 4, 4)}
 

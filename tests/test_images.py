@@ -37,7 +37,7 @@ from implicit_transforms.images import (
     summarize_bits,
 )
 
-FAMILIES = ("impflow", "resflow", "iresnet")
+FAMILIES = ("impflow", "resflow", "iresnet", "monotone")
 SHAPES = ((1, 4, 4), (3, 4, 4))
 
 

@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from implicit_transforms.blocks import InvertibleBlock, impflow_block, resflow_block
+from implicit_transforms.blocks import InvertibleBlock, impflow_block, monotone_block, resflow_block
 from implicit_transforms.blocks.base import InverseBlock
 from implicit_transforms.logdet import ExactLogDet
 
-FAMILIES = {"resflow": resflow_block, "impflow": impflow_block}
+FAMILIES = {"resflow": resflow_block, "impflow": impflow_block, "monotone": monotone_block}
 
 
 def _block(family: str, context_features: int | None = None) -> InvertibleBlock:
@@ -159,6 +159,8 @@ def test_maps_alone_evaluate_only_what_the_map_needs(family: str, direction: str
     if family == "resflow" and direction == "forward":
         assert rows == {"net": 6}
     elif family == "resflow":
+        assert block.last_solve is not None and rows == {"net": block.last_solve.sample_evals}
+    elif family == "monotone":  # only the solve for w: the output is sqrt(2) w - input
         assert block.last_solve is not None and rows == {"net": block.last_solve.sample_evals}
     else:  # the source network once per sample (the solve's target), the other in the solve
         src, dst = ("net_x", "net_z") if direction == "forward" else ("net_z", "net_x")

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 import torch
+from cases import round_trip_bound
 
 pyro = pytest.importorskip("pyro")
 pytest.importorskip("nflows")
 
 import pyro.distributions as dist
-from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
-from implicit_transforms.plugins.pyro import impflow, resflow
+from implicit_transforms.plugins.nflows import ImpFlowTransform, MonotoneTransform, ResFlowTransform
+from implicit_transforms.plugins.pyro import impflow, monotone, resflow
 from nflows.distributions import StandardNormal
 from nflows.flows import Flow
 from nflows.transforms import CompositeTransform
@@ -34,6 +35,12 @@ from implicit_transforms.lipschitz import certify
 from implicit_transforms.solvers import default_tolerance
 
 D, HIDDEN, STEPS, LR = 3, [16, 16], 200, 1e-2
+NFLOWS_TRANSFORMS = {
+    "resflow": ResFlowTransform,
+    "impflow": ImpFlowTransform,
+    "monotone": MonotoneTransform,
+}
+PYRO_HELPERS = {"resflow": resflow, "impflow": impflow, "monotone": monotone}
 
 TORCH_OPTIMIZERS: dict[str, Callable[[list[torch.nn.Parameter]], Any]] = {
     "sgd": lambda p: torch.optim.SGD(p, lr=LR),
@@ -73,17 +80,17 @@ def _check_guarantee(model: torch.nn.Module, block: InvertibleBlock) -> None:
     with torch.no_grad():
         y, _ = block.forward_and_logdet(x)
         x_rec, _ = block.inverse_and_logdet(y)
-    # ||x - x*|| <= ||F|| / (1 - Lip) with ||F|| <= tol (1 + ||x||).
+    # ||x - x*|| <= ||F|| / (1 - Lip) with ||F|| <= tol (1 + ||x||) (cases.round_trip_bound).
     tol = default_tolerance(x.dtype)
     err = (x_rec - x).norm(dim=1)
-    bound = tol * (1 + x_rec.norm(dim=1)) / (1 - evaluated.bound)
+    bound = round_trip_bound(block, x_rec, y, tol, evaluated.bound)
     assert bool((err <= bound).all()), float((err / bound).max())
 
 
-@pytest.mark.parametrize("family", ["resflow", "impflow"])
+@pytest.mark.parametrize("family", ["resflow", "impflow", "monotone"])
 @pytest.mark.parametrize("opt_name", TORCH_OPTIMIZERS)
 def test_nflows_training_keeps_every_network_contractive(family: str, opt_name: str) -> None:
-    maker = {"resflow": ResFlowTransform, "impflow": ImpFlowTransform}[family]
+    maker = NFLOWS_TRANSFORMS[family]
     transform = maker(D, HIDDEN)
     flow = Flow(CompositeTransform([transform]), StandardNormal([D]))
     data = 0.01 * torch.randn(2048, D)
@@ -98,11 +105,11 @@ def test_nflows_training_keeps_every_network_contractive(family: str, opt_name: 
     _check_guarantee(flow, transform.block)
 
 
-@pytest.mark.parametrize("family", ["resflow", "impflow"])
+@pytest.mark.parametrize("family", ["resflow", "impflow", "monotone"])
 @pytest.mark.parametrize("opt_name", PYRO_OPTIMIZERS)
 def test_pyro_svi_keeps_every_network_contractive(family: str, opt_name: str) -> None:
     pyro.clear_param_store()
-    transform = {"resflow": resflow, "impflow": impflow}[family](D, HIDDEN)
+    transform = PYRO_HELPERS[family](D, HIDDEN)
 
     def model() -> None:
         pyro.sample("z", dist.Normal(torch.zeros(D), 100.0).to_event(1))
@@ -142,12 +149,12 @@ def test_load_state_dict_into_an_evaluating_model_is_seen() -> None:
     assert certify(fresh).contractive
 
 
-@pytest.mark.parametrize("family", ["resflow", "impflow"])
+@pytest.mark.parametrize("family", ["resflow", "impflow", "monotone"])
 @pytest.mark.parametrize("opt_name", ["adam-fused", "clipped-adam", "p.data"])
 def test_convolutional_blocks_stay_contractive_in_training(family: str, opt_name: str) -> None:
     """Convolutions are normalised by the exact norm of a circular convolution (a guaranteed
     bound), so the certificate holds at every step, not only after a refinement."""
-    maker = {"resflow": ResFlowTransform, "impflow": ImpFlowTransform}[family]
+    maker = NFLOWS_TRANSFORMS[family]
     transform = maker((2, 4, 4), 6)
     data = 0.01 * torch.randn(256, 2, 4, 4)
     params = list(transform.parameters())

@@ -22,7 +22,13 @@ except ImportError:  # pragma: no cover - without the extras
     it_normflows = it_zuko = None
 
 from implicit_transforms import BlockOptions, InvertibleBlock
-from implicit_transforms.blocks import build_block, impflow_block, iresnet_block, resflow_block
+from implicit_transforms.blocks import (
+    build_block,
+    impflow_block,
+    iresnet_block,
+    monotone_block,
+    resflow_block,
+)
 from implicit_transforms.lipschitz import (
     CLipSwish,
     LipschitzDenseMLP,
@@ -34,18 +40,30 @@ from implicit_transforms.lipschitz import (
 from implicit_transforms.logdet import ExactLogDet, PowerSeriesLogDet, RouletteLogDet
 from implicit_transforms.solvers import Anderson, Broyden, FixedPoint
 
-FACTORIES = {"iresnet": iresnet_block, "resflow": resflow_block, "impflow": impflow_block}
+FACTORIES = {
+    "iresnet": iresnet_block,
+    "resflow": resflow_block,
+    "impflow": impflow_block,
+    "monotone": monotone_block,
+}
 NFLOWS = {
     "iresnet": it_nflows.IResNetTransform,
     "resflow": it_nflows.ResFlowTransform,
     "impflow": it_nflows.ImpFlowTransform,
+    "monotone": it_nflows.MonotoneTransform,
 }
-NAMES = {"iresnet": "IResNet", "resflow": "ResFlow", "impflow": "ImpFlow"}
-PYRO = {"iresnet": it_pyro.iresnet, "resflow": it_pyro.resflow, "impflow": it_pyro.impflow}
+NAMES = {"iresnet": "IResNet", "resflow": "ResFlow", "impflow": "ImpFlow", "monotone": "Monotone"}
+PYRO = {
+    "iresnet": it_pyro.iresnet,
+    "resflow": it_pyro.resflow,
+    "impflow": it_pyro.impflow,
+    "monotone": it_pyro.monotone,
+}
 PYRO_CONDITIONAL = {
     "iresnet": it_pyro.conditional_iresnet,
     "resflow": it_pyro.conditional_resflow,
     "impflow": it_pyro.conditional_impflow,
+    "monotone": it_pyro.conditional_monotone,
 }
 
 

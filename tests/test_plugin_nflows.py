@@ -11,6 +11,7 @@ from implicit_transforms.plugins.nflows import (
     BlockTransform,
     ImpFlowTransform,
     IResNetTransform,
+    MonotoneTransform,
     ResFlowTransform,
 )
 from nflows.distributions import ConditionalDiagonalNormal, StandardNormal
@@ -29,7 +30,12 @@ from nflows.transforms import (
 )
 from nflows.transforms.reshape import SqueezeTransform
 
-TRANSFORMS = {"impflow": ImpFlowTransform, "resflow": ResFlowTransform, "iresnet": IResNetTransform}
+TRANSFORMS = {
+    "impflow": ImpFlowTransform,
+    "resflow": ResFlowTransform,
+    "iresnet": IResNetTransform,
+    "monotone": MonotoneTransform,
+}
 
 
 def _net_factory(hidden: int = 16, context: int | None = None):  # type: ignore[no-untyped-def]

@@ -14,18 +14,21 @@ from implicit_transforms.plugins.normflows import (
     BlockFlow,
     ConditionalImpFlow,
     ConditionalIResNet,
+    ConditionalMonotone,
     ConditionalResFlow,
     ImpFlow,
     IResNet,
+    Monotone,
     ResFlow,
     implicit_flow,
 )
 
-FLOWS = {"impflow": ImpFlow, "resflow": ResFlow, "iresnet": IResNet}
+FLOWS = {"impflow": ImpFlow, "resflow": ResFlow, "iresnet": IResNet, "monotone": Monotone}
 CONDITIONAL = {
     "impflow": ConditionalImpFlow,
     "resflow": ConditionalResFlow,
     "iresnet": ConditionalIResNet,
+    "monotone": ConditionalMonotone,
 }
 
 

@@ -16,6 +16,7 @@ from implicit_transforms.plugins.pyro import (
     conditional_resflow,
     impflow,
     iresnet,
+    monotone,
     resflow,
 )
 from pyro import poutine
@@ -30,7 +31,7 @@ from pyro.infer.autoguide import AutoNormal, AutoNormalizingFlow
 
 from implicit_transforms.solvers import FixedPoint
 
-HELPERS = {"impflow": impflow, "resflow": resflow, "iresnet": iresnet}
+HELPERS = {"impflow": impflow, "resflow": resflow, "iresnet": iresnet, "monotone": monotone}
 
 
 @pytest.fixture(autouse=True)

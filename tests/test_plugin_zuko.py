@@ -18,13 +18,14 @@ from implicit_transforms.plugins.zuko import (
     BlockTransform,
     ImpFlow,
     IResNet,
+    Monotone,
     ResFlow,
     implicit_flow,
 )
 
 from implicit_transforms.solvers import Broyden, FixedPoint, SolverResult
 
-LAZY = {"impflow": ImpFlow, "resflow": ResFlow, "iresnet": IResNet}
+LAZY = {"impflow": ImpFlow, "resflow": ResFlow, "iresnet": IResNet, "monotone": Monotone}
 
 
 @dataclass

@@ -27,8 +27,12 @@ def _entry_points(family: str) -> dict[str, torch.nn.Module]:
     from implicit_transforms.plugins import nflows as nf
     from implicit_transforms.plugins import pyro as pp
 
-    transform = {"resflow": nf.ResFlowTransform, "impflow": nf.ImpFlowTransform}[family]
-    helper = {"resflow": pp.resflow, "impflow": pp.impflow}[family]
+    transform = {
+        "resflow": nf.ResFlowTransform,
+        "impflow": nf.ImpFlowTransform,
+        "monotone": nf.MonotoneTransform,
+    }[family]
+    helper = {"resflow": pp.resflow, "impflow": pp.impflow, "monotone": pp.monotone}[family]
     return {
         "factory": build_block(family, 4, [8]),
         "nflows": transform(4, [8]),
@@ -37,7 +41,7 @@ def _entry_points(family: str) -> dict[str, torch.nn.Module]:
     }
 
 
-@pytest.mark.parametrize("family", ["resflow", "impflow"])
+@pytest.mark.parametrize("family", ["resflow", "impflow", "monotone"])
 def test_a_family_default_changed_in_the_table_reaches_every_entry_point(
     family: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

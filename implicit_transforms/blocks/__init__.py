@@ -1,4 +1,5 @@
-"""Invertible flow blocks: residual (i-ResNet, Residual Flow) and implicit (ImpFlow)."""
+"""Invertible flow blocks: residual (i-ResNet, Residual Flow), implicit (ImpFlow) and monotone
+(Monotone Flows)."""
 
 from implicit_transforms.blocks.base import (
     EXACT_LOGDET_MAX_DIM,
@@ -11,9 +12,11 @@ from implicit_transforms.blocks.factories import (
     impflow_block,
     iresnet_block,
     lipschitz_net,
+    monotone_block,
     resflow_block,
 )
 from implicit_transforms.blocks.impflow import ImplicitBlock
+from implicit_transforms.blocks.monotone import MonotoneBlock
 from implicit_transforms.blocks.options import (
     FAMILIES,
     BlockOptions,
@@ -34,6 +37,7 @@ __all__ = [
     "ImplicitBlock",
     "InverseBlock",
     "InvertibleBlock",
+    "MonotoneBlock",
     "ResidualBlock",
     "adjoint_for",
     "build_block",
@@ -41,5 +45,6 @@ __all__ = [
     "iresnet_block",
     "lipschitz_net",
     "make_options",
+    "monotone_block",
     "resflow_block",
 ]

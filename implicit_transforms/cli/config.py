@@ -351,7 +351,8 @@ class TrainConfig:
         if self.model in ("rq-coupling", "rq-impflow"):
             raise ValueError(
                 f"--model {self.model} is a flow for vectors; image data sets take impflow, "
-                "resflow or iresnet (see benchmarks/images.py for a Glow-like coupling flow)"
+                "resflow, iresnet or monotone (see benchmarks/images.py for a Glow-like coupling "
+                "flow)"
             )
         if self.scales is not None and (
             isinstance(self.scales, bool) or not isinstance(self.scales, int) or self.scales < 1

@@ -57,7 +57,7 @@ NETWORKS = ("mlp", "densenet")
 """Names of the residual networks' architectures (``network=`` of every block): the papers'
 chains of spectral layers, or i-DenseNets (:mod:`implicit_transforms.lipschitz.densenet`)."""
 
-MODELS = ("impflow", "resflow", "iresnet", "rq-coupling", "rq-impflow")
+MODELS = ("impflow", "resflow", "iresnet", "monotone", "rq-coupling", "rq-impflow")
 """The command line's vector models. Each is a block family, nflows' RQ spline coupling, or
 the two alternating."""
 
@@ -97,6 +97,7 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "impflow": _preset("impflow"),
     "resflow": _preset("resflow"),
     "iresnet": _preset("iresnet"),
+    "monotone": _preset("monotone"),
     "rq-coupling": {},
     # nflows RQ coupling layers alternating with ImpFlow blocks (coupling first). Chosen by
     # measurement as the default model (benchmarks/README.md, "the trainer's defaults"): on the

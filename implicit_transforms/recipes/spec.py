@@ -18,6 +18,7 @@ from typing import Any
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.impflow import ImplicitBlock
+from implicit_transforms.blocks.monotone import MonotoneBlock
 from implicit_transforms.blocks.options import BlockOptions, make_options
 from implicit_transforms.blocks.residual import ResidualBlock
 from implicit_transforms.lipschitz.densenet import LipschitzDenseCNN, LipschitzDenseMLP
@@ -121,7 +122,7 @@ class BlockSpec:
     """Everything a block is built from, as components.
 
     Attributes:
-        family: ``"iresnet"``, ``"resflow"`` or ``"impflow"`` (its table entry decides the
+        family: ``"iresnet"``, ``"resflow"``, ``"impflow"`` or ``"monotone"`` (which decides the
             block class and the number of networks).
         event_shape: ``(D,)`` or ``(C, H, W)``.
         hidden: hidden sizes (MLP) or hidden channels (CNN: the first entry).
@@ -196,7 +197,8 @@ class BlockSpec:
 
     def build(self) -> InvertibleBlock:
         """The block: :class:`~implicit_transforms.blocks.ImplicitBlock` for families with two
-        networks, :class:`~implicit_transforms.blocks.ResidualBlock` otherwise."""
+        networks, :class:`~implicit_transforms.blocks.MonotoneBlock` for ``"monotone"``,
+        :class:`~implicit_transforms.blocks.ResidualBlock` otherwise."""
         nets = [
             lipschitz_net(
                 self.event_shape,
@@ -220,6 +222,8 @@ class BlockSpec:
         }
         if len(nets) == 2:
             return ImplicitBlock(*nets, **common)
+        if self.family == "monotone":
+            return MonotoneBlock(nets[0], **common)
         return ResidualBlock(nets[0], **common)
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from implicit_transforms.plugins.nflows.transforms import (
     BlockTransform,
     ImpFlowTransform,
     IResNetTransform,
+    MonotoneTransform,
     ResFlowTransform,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ImpFlowTransform",
     "LevelBuilder",
     "LogitTransform",
+    "MonotoneTransform",
     "ResFlowTransform",
     "image_flow",
     "initialize_actnorm",

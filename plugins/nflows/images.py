@@ -282,7 +282,7 @@ def image_flow(
 
     Args:
         shape: ``(C, H, W)``.
-        family: ``"impflow"``, ``"resflow"`` or ``"iresnet"``.
+        family: ``"impflow"``, ``"resflow"``, ``"iresnet"`` or ``"monotone"``.
         levels: number of scales; ``H`` and ``W`` must be divisible by ``2^levels``
             (``2^(levels-1)`` without ``squeeze_first``).
         blocks_per_level: ``ActNorm -> block`` steps per level.

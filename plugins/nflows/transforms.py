@@ -38,7 +38,13 @@ from implicit_transforms.recipes.families import FACTORY_HIDDEN
 from implicit_transforms.solvers import SolverResult
 from implicit_transforms.validation import check_event_shape, check_hidden, check_positive_int
 
-__all__ = ["BlockTransform", "IResNetTransform", "ImpFlowTransform", "ResFlowTransform"]
+__all__ = [
+    "BlockTransform",
+    "IResNetTransform",
+    "ImpFlowTransform",
+    "MonotoneTransform",
+    "ResFlowTransform",
+]
 
 
 class BlockTransform(Transform):
@@ -170,3 +176,11 @@ class ImpFlowTransform(_FamilyTransform):
         + _ARGS
     )
     _family = "impflow"
+
+
+class MonotoneTransform(_FamilyTransform):
+    __doc__ = (
+        "Monotone Flows block (the Cayley operator of ``Id + g``, one sine network, Broyden "
+        "both ways, roulette log-det)." + training_logdet_doc("monotone") + _ARGS
+    )
+    _family = "monotone"

@@ -8,9 +8,11 @@ from implicit_transforms.plugins.normflows.layers import (
     BlockFlow,
     ConditionalImpFlow,
     ConditionalIResNet,
+    ConditionalMonotone,
     ConditionalResFlow,
     ImpFlow,
     IResNet,
+    Monotone,
     ResFlow,
 )
 from implicit_transforms.plugins.normflows.recipes import implicit_flow
@@ -19,9 +21,11 @@ __all__ = [
     "BlockFlow",
     "ConditionalIResNet",
     "ConditionalImpFlow",
+    "ConditionalMonotone",
     "ConditionalResFlow",
     "IResNet",
     "ImpFlow",
+    "Monotone",
     "ResFlow",
     "implicit_flow",
 ]

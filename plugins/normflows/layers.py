@@ -42,9 +42,11 @@ __all__ = [
     "BlockFlow",
     "ConditionalIResNet",
     "ConditionalImpFlow",
+    "ConditionalMonotone",
     "ConditionalResFlow",
     "IResNet",
     "ImpFlow",
+    "Monotone",
     "ResFlow",
 ]
 
@@ -153,6 +155,10 @@ _RESFLOW = (
 )
 _IRESNET = "i-ResNet block (ELU network, truncated power series, fixed-point inverse)"
 _IMPFLOW = "ImpFlow block (two sine networks, Broyden both ways, roulette log-det)"
+_MONOTONE = (
+    "Monotone Flows block (the Cayley operator of ``Id + g``, one sine network, Broyden both "
+    "ways, roulette log-det)"
+)
 
 
 class ResFlow(_Family):
@@ -170,6 +176,11 @@ class ImpFlow(_Family):
     _family = "impflow"
 
 
+class Monotone(_Family):
+    __doc__ = _MONOTONE + " as a normflows ``Flow``." + _ARGS
+    _family = "monotone"
+
+
 class ConditionalResFlow(_ConditionalFamily):
     __doc__ = "Conditional " + _RESFLOW + "; the context enters as a bias." + _CONDITIONAL_ARGS
     _family = "resflow"
@@ -183,3 +194,8 @@ class ConditionalIResNet(_ConditionalFamily):
 class ConditionalImpFlow(_ConditionalFamily):
     __doc__ = "Conditional " + _IMPFLOW + "; the context enters as a bias." + _CONDITIONAL_ARGS
     _family = "impflow"
+
+
+class ConditionalMonotone(_ConditionalFamily):
+    __doc__ = "Conditional " + _MONOTONE + "; the context enters as a bias." + _CONDITIONAL_ARGS
+    _family = "monotone"

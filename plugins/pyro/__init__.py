@@ -3,7 +3,7 @@
 * :mod:`~implicit_transforms.plugins.pyro.transforms`: the adapter, any block (or its
   ``.inv``) as a Pyro ``TransformModule``, and its conditional version;
 * :mod:`~implicit_transforms.plugins.pyro.helpers`: one transform per family built from sizes
-  (``resflow(D)``, ``impflow(D)``, ...);
+  (``resflow(D)``, ``impflow(D)``, ``monotone(D)``, ...);
 * :mod:`~implicit_transforms.plugins.pyro.distribution`: :class:`FlowDistribution`, which
   samples and scores in one pass;
 * :mod:`~implicit_transforms.plugins.pyro.guides`: guide recipes (``flow_stack``, the
@@ -27,16 +27,20 @@ from implicit_transforms.plugins.pyro.helpers import (
     ConditionalHelperFactory,
     ConditionalImpFlow,
     ConditionalIResNet,
+    ConditionalMonotone,
     ConditionalResFlow,
     HelperFactory,
     ImpFlow,
     IResNet,
+    Monotone,
     ResFlow,
     conditional_impflow,
     conditional_iresnet,
+    conditional_monotone,
     conditional_resflow,
     impflow,
     iresnet,
+    monotone,
     resflow,
 )
 from implicit_transforms.plugins.pyro.transforms import (
@@ -57,6 +61,7 @@ __all__ = [
     "ConditionalIResNet",
     "ConditionalImpFlow",
     "ConditionalInverseBlockTransformModule",
+    "ConditionalMonotone",
     "ConditionalResFlow",
     "ElementwiseAffine",
     "FlowDistribution",
@@ -64,14 +69,17 @@ __all__ = [
     "IResNet",
     "ImpFlow",
     "InverseBlockTransformModule",
+    "Monotone",
     "ResFlow",
     "conditional_flow_stack",
     "conditional_impflow",
     "conditional_iresnet",
+    "conditional_monotone",
     "conditional_resflow",
     "flow_stack",
     "impflow",
     "iresnet",
+    "monotone",
     "recipe_options",
     "resflow",
 ]

@@ -1,5 +1,5 @@
 """Pyro transforms of each family built from sizes: ``resflow(D)``, ``iresnet(D)``,
-``impflow(D)`` and their conditional versions, with the guide defaults (LipSwish).
+``impflow(D)``, ``monotone(D)`` and their conditional versions, with the guide defaults (LipSwish).
 
 Pyro-style names: classes (``ResFlow``, ...) wrap a block, lowercase helpers build one.
 
@@ -31,16 +31,20 @@ __all__ = [
     "ConditionalHelperFactory",
     "ConditionalIResNet",
     "ConditionalImpFlow",
+    "ConditionalMonotone",
     "ConditionalResFlow",
     "HelperFactory",
     "IResNet",
     "ImpFlow",
+    "Monotone",
     "ResFlow",
     "conditional_impflow",
     "conditional_iresnet",
+    "conditional_monotone",
     "conditional_resflow",
     "impflow",
     "iresnet",
+    "monotone",
     "resflow",
 ]
 
@@ -55,6 +59,10 @@ class IResNet(BlockTransformModule):
 
 class ImpFlow(BlockTransformModule):
     """ImpFlow block as a Pyro transform (build with :func:`impflow`)."""
+
+
+class Monotone(BlockTransformModule):
+    """Monotone Flows block as a Pyro transform (build with :func:`monotone`)."""
 
 
 class ConditionalResFlow(ConditionalBlockTransformModule):
@@ -73,6 +81,12 @@ class ConditionalImpFlow(ConditionalBlockTransformModule):
     """Conditional ImpFlow (build with :func:`conditional_impflow`)."""
 
     _unconditioned = ImpFlow
+
+
+class ConditionalMonotone(ConditionalBlockTransformModule):
+    """Conditional Monotone Flows block (build with :func:`conditional_monotone`)."""
+
+    _unconditioned = Monotone
 
 
 def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
@@ -96,7 +110,7 @@ _T_co = TypeVar("_T_co", covariant=True)
 
 
 class HelperFactory(Protocol[_T_co]):
-    """The signature of :func:`resflow`, :func:`iresnet` and :func:`impflow`."""
+    """The signature of :func:`resflow`, :func:`iresnet`, :func:`impflow` and :func:`monotone`."""
 
     def __call__(
         self,
@@ -200,6 +214,9 @@ iresnet: HelperFactory[IResNet] = _helper(
 impflow: HelperFactory[ImpFlow] = _helper(
     "impflow", ImpFlow, "ImpFlow transform on ``(*, input_dim)``."
 )
+monotone: HelperFactory[Monotone] = _helper(
+    "monotone", Monotone, "Monotone Flows (Cayley) transform on ``(*, input_dim)``."
+)
 conditional_resflow: ConditionalHelperFactory[ConditionalResFlow] = _conditional_helper(
     "resflow", ConditionalResFlow, "Conditional Residual Flow transform."
 )
@@ -208,4 +225,7 @@ conditional_iresnet: ConditionalHelperFactory[ConditionalIResNet] = _conditional
 )
 conditional_impflow: ConditionalHelperFactory[ConditionalImpFlow] = _conditional_helper(
     "impflow", ConditionalImpFlow, "Conditional ImpFlow transform."
+)
+conditional_monotone: ConditionalHelperFactory[ConditionalMonotone] = _conditional_helper(
+    "monotone", ConditionalMonotone, "Conditional Monotone Flows (Cayley) transform."
 )

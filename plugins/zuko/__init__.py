@@ -11,7 +11,16 @@ from implicit_transforms.plugins.zuko.transforms import (
     BlockTransform,
     ImpFlow,
     IResNet,
+    Monotone,
     ResFlow,
 )
 
-__all__ = ["BlockLazyTransform", "BlockTransform", "IResNet", "ImpFlow", "ResFlow", "implicit_flow"]
+__all__ = [
+    "BlockLazyTransform",
+    "BlockTransform",
+    "IResNet",
+    "ImpFlow",
+    "Monotone",
+    "ResFlow",
+    "implicit_flow",
+]

@@ -38,7 +38,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.recipes.families import FACTORY_HIDDEN
 
-__all__ = ["BlockLazyTransform", "BlockTransform", "IResNet", "ImpFlow", "ResFlow"]
+__all__ = ["BlockLazyTransform", "BlockTransform", "IResNet", "ImpFlow", "Monotone", "ResFlow"]
 
 
 class BlockTransform(Transform):
@@ -208,3 +208,11 @@ class ImpFlow(_Family):
         "transform." + _ARGS
     )
     _family = "impflow"
+
+
+class Monotone(_Family):
+    __doc__ = (
+        "Monotone Flows block (the Cayley operator of ``Id + g``, one sine network, Broyden "
+        "both ways, roulette log-det) as a zuko lazy transform." + _ARGS
+    )
+    _family = "monotone"
