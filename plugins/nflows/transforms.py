@@ -69,9 +69,9 @@ class BlockTransform(Transform):
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Noise to data: ``(outputs, logabsdet)`` of the inverse map.
 
-        The solve runs now; ``logabsdet`` is a
-        :class:`~implicit_transforms.plugins.nflows.deferred.DeferredLogDet`, computed from the
-        pair ``(outputs, inputs)`` (no second solve) when it is first used: ``Flow.sample``,
+        The solve runs now; ``logabsdet`` is a ``DeferredLogDet`` (module
+        ``implicit_transforms.plugins.nflows.deferred``), computed from the pair
+        ``(outputs, inputs)`` (no second solve) when it is first used: ``Flow.sample``,
         which discards it, never pays for it; ``Flow.sample_and_log_prob`` gets it exactly.
         """
         self._check_noise_dtype(inputs)
