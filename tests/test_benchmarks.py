@@ -49,6 +49,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str], str | None]] = {
     "widths": ("widths.py", [], ["widths.json", "widths.md"], None),
     "trust": ("trust.py", [], ["trust.json", "trust.md"], None),
     "images": ("images.py", [], ["images.json", "images.md"], None),
+    "images-cost": ("images.py", ["--cost", "1"], ["cost.json", "cost.md"], None),
     "vi": ("vi.py", [], ["main.json"], "sklearn"),
     "speed": ("speed.py", ["--sections", SPEED_SECTIONS], ["speed.json", "speed.md"], None),
     "speed-normflows": (

@@ -195,3 +195,106 @@ def test_block_transform_validates() -> None:
         BlockTransform(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="coeff"):
         ResFlowTransform(2, coeff=1.5)
+
+
+# -- Flow.sample discards the log-det: it is deferred, never computed --------------------------
+
+
+def _count_logdets(transform: CompositeTransform) -> dict[str, int]:
+    """Count the log-det estimator calls of every block of ``transform`` (no stand-ins: the
+    block's own estimator runs)."""
+    calls = {"n": 0}
+    for layer in transform._transforms:
+        if isinstance(layer, BlockTransform):
+            estimator = layer.block.estimator
+
+            def counting(numel: int, estimator=estimator):  # type: ignore[no-untyped-def]
+                calls["n"] += 1
+                return estimator(numel)
+
+            layer.block.estimator = counting  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_flow_sample_computes_no_logdet_and_sample_and_log_prob_stays_exact(grad: bool) -> None:
+    transform = _mixed(2)
+    flow = Flow(transform, StandardNormal([2]))
+    flow.eval()
+    calls = _count_logdets(transform)
+    with torch.set_grad_enabled(grad):
+        samples = flow.sample(64)
+    assert samples.shape == (64, 2) and calls["n"] == 0
+    with torch.set_grad_enabled(grad):
+        s, lp = flow.sample_and_log_prob(32)
+    assert calls["n"] == 3  # one log-det per block, from the pair: no second solve
+    calls["n"] = 0
+    assert torch.allclose(lp, flow.log_prob(s), atol=1e-9)
+    assert calls["n"] == 3
+
+
+def test_conditional_flow_sample_computes_no_logdet() -> None:
+    transform = _mixed(2, context=3)
+    flow = Flow(transform, ConditionalDiagonalNormal([2], context_encoder=torch.nn.Linear(3, 4)))
+    flow.eval()
+    calls = _count_logdets(transform)
+    ctx = torch.randn(4, 3)
+    assert flow.sample(5, context=ctx).shape == (4, 5, 2) and calls["n"] == 0
+    s, lp = flow.sample_and_log_prob(5, context=ctx)
+    ctx_rep = ctx[:, None].expand(4, 5, 3).reshape(20, 3)
+    assert torch.allclose(lp.reshape(-1), flow.log_prob(s.reshape(20, 2), ctx_rep), atol=1e-9)
+
+
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_deferred_logdet_gives_the_inverse_logdet_and_its_gradient(name: str) -> None:
+    from implicit_transforms.plugins.nflows.deferred import DeferredLogDet
+
+    t = TRANSFORMS[name](3, [16])
+    t.eval()
+    z = torch.randn(6, 3)
+    x, ld = t.inverse(z)
+    assert isinstance(ld, DeferredLogDet) and not ld.computed
+    assert ld.shape == (6,) and ld.dtype == z.dtype and not ld.computed  # metadata is free
+    params = [p for p in t.parameters() if p.requires_grad]
+    got = torch.autograd.grad((ld * torch.arange(6.0)).sum(), params, allow_unused=True)
+    x_ref, ld_ref = t.block.inverse_and_logdet(z)
+    want = torch.autograd.grad((ld_ref * torch.arange(6.0)).sum(), params, allow_unused=True)
+    assert torch.allclose(ld, ld_ref, atol=1e-12) and torch.equal(x, x_ref)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None and w is None) or torch.allclose(g, w, atol=1e-10)
+
+
+def test_deferred_logdet_in_place_adds() -> None:
+    t = ResFlowTransform(2, [8])
+    t.eval()
+    z = torch.randn(4, 2)
+    _, ld = t.inverse(z)
+    exact = t.block.inverse_and_logdet(z)[1]
+    total = torch.ones(4)
+    total += ld  # nflows' cascade: deferred, rebinds total
+    assert not ld.computed
+    total += torch.ones(4)  # a plain term after it
+    assert not ld.computed and torch.allclose(total, exact + 2, atol=1e-12)
+    _, ld = t.inverse(z)
+    acc = torch.ones(4)
+    acc.add_(ld)  # an explicit in-place call changes acc itself
+    assert torch.allclose(acc, exact + 1, atol=1e-12)
+
+
+def test_deferred_logdet_refuses_when_the_block_changed() -> None:
+    t = ResFlowTransform(2, [8])
+    t.eval()
+    z = torch.randn(4, 2)
+    _, ld = t.inverse(z)
+    with torch.no_grad():
+        next(t.parameters()).add_(0.1)
+    with pytest.raises(RuntimeError, match="changed in between"):
+        ld.sum()
+    x, ld = t.inverse(z)
+    x.mul_(2.0)
+    with pytest.raises(RuntimeError, match="changed in between"):
+        float(ld[0])
+    _, ld = t.inverse(z)
+    t.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        ld + 1

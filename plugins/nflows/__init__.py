@@ -2,6 +2,8 @@
 
 * :mod:`~implicit_transforms.plugins.nflows.transforms`: the adapter, any block as an nflows
   ``Transform`` (:class:`BlockTransform`) and one transform per family;
+* :mod:`~implicit_transforms.plugins.nflows.deferred`: the log-det an ``inverse`` returns,
+  computed at its first use (``Flow.sample`` discards it and never pays for it);
 * :mod:`~implicit_transforms.plugins.nflows.images`: multiscale image flows built from them
   (:func:`image_flow`).
 

@@ -32,6 +32,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "implicit_transforms.plugins.nflows needs nflows: pip install 'implicit-transforms[nflows]'"
     ) from err
 
+from implicit_transforms.plugins.nflows.deferred import DeferredLogDet
+
 from implicit_transforms.blocks import BlockOptions, InvertibleBlock, build_block
 from implicit_transforms.blocks.options import training_logdet_doc
 from implicit_transforms.recipes.families import FACTORY_HIDDEN
@@ -71,9 +73,24 @@ class BlockTransform(Transform):
         return self.block.forward_and_logdet(inputs, self._context(context))
 
     def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Noise to data: ``(outputs, logabsdet)`` of the inverse map."""
+        """Noise to data: ``(outputs, logabsdet)`` of the inverse map.
+
+        The solve runs now; ``logabsdet`` is a ``DeferredLogDet`` (module
+        ``implicit_transforms.plugins.nflows.deferred``), computed from the pair
+        ``(outputs, inputs)`` (no second solve) when it is first used: ``Flow.sample``,
+        which discards it, never pays for it; ``Flow.sample_and_log_prob`` gets it exactly.
+        """
         self._check_noise_dtype(inputs)
-        return self.block.inverse_and_logdet(inputs, self._context(context))
+        ctx = self._context(context)
+        block = self.block
+        outputs = block.inverse_map(inputs, ctx)
+        batch = inputs.shape[: inputs.dim() - block.event_dims]
+        return outputs, DeferredLogDet(
+            lambda: -block.logdet_pair(outputs, inputs, ctx),
+            inputs.new_empty(batch),
+            depends_on=(inputs, outputs) if ctx is None else (inputs, outputs, ctx),
+            module=block,
+        )
 
     def _check_noise_dtype(self, inputs: Tensor) -> None:
         """Name the usual cause of a dtype mismatch on the way back from noise: nflows'
