@@ -29,7 +29,7 @@ from torch import Tensor
 
 from implicit_transforms.errors import HigherOrderGradientError
 from implicit_transforms.recipes.families import ADJOINT_SOLVER
-from implicit_transforms.solvers import Solver, SolverResult, dense_solve
+from implicit_transforms.solvers import OnFailure, Solver, SolverResult, dense_solve
 from implicit_transforms.solvers.result import WarmState
 
 __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
@@ -148,7 +148,7 @@ def attach_implicit_grad(
 
         matrix = None if adjoint_matrix is None else adjoint_matrix()
         if matrix is not None:  # dF/dz is known: (dF/dz)^T w = target in one factorisation
-            policy = getattr(solver, "on_failure", "raise")
+            policy: OnFailure = getattr(solver, "on_failure", "raise")
             result = dense_solve(
                 matrix, target, transpose=True, event_dims=event_dims, on_failure=policy
             )
