@@ -29,7 +29,7 @@ from torch import Tensor
 
 from implicit_transforms.errors import HigherOrderGradientError
 from implicit_transforms.recipes.families import ADJOINT_SOLVER
-from implicit_transforms.solvers import Solver, SolverResult
+from implicit_transforms.solvers import OnFailure, Solver, SolverResult, dense_solve
 from implicit_transforms.solvers.result import WarmState
 
 __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
@@ -37,7 +37,6 @@ __all__ = ["DEFAULT_ADJOINT", "attach_implicit_grad", "solve_implicit"]
 DEFAULT_ADJOINT = ADJOINT_SOLVER
 """The adjoint solver when none is given (its value lives in the assembly table,
 :data:`~implicit_transforms.recipes.families.ADJOINT_SOLVER`)."""
-"""The adjoint solver used when none is given."""
 
 _NO_SECOND_DERIVATIVE = (
     "a second derivative (create_graph=True) was requested through an implicit solve; "
@@ -55,6 +54,7 @@ def attach_implicit_grad(
     event_dims: int = 1,
     on_solve: Callable[[SolverResult], None] | None = None,
     adjoint_start: WarmState | Callable[[], WarmState] | None = None,
+    adjoint_matrix: Callable[[], Tensor | None] | None = None,
 ) -> Tensor:
     r"""Return ``root`` with implicit-function-theorem gradients attached.
 
@@ -85,6 +85,12 @@ def attach_implicit_grad(
             adjoint solver as ``warm_start`` (:func:`solve_implicit` passes the transpose of
             the forward solve's ``warm_state``, built only if a backward pass happens; solvers
             that cannot use it ignore it).
+        adjoint_matrix: called in the backward pass; when it returns the full Jacobian
+            ``dF/dz`` at the root, shape ``(*batch, N, N)`` with ``N = prod(event)`` (a block
+            whose exact log-det assembled it), the adjoint is one batched linear solve
+            (:func:`~implicit_transforms.solvers.dense_solve`, checked against the adjoint
+            solver's failure policy) instead of an iterative solve; when it returns ``None``
+            the adjoint solver runs.
 
     Returns:
         A tensor equal to ``root`` whose gradients are the implicit ones. Without grad mode,
@@ -140,11 +146,18 @@ def attach_implicit_grad(
             (jtw,) = torch.autograd.grad(step, z, w, retain_graph=True)
             return w - jtw - target
 
-        start = adjoint_start() if callable(adjoint_start) else adjoint_start
-        # Solvers of the protocol take a warm start (and ignore what they cannot use); a
-        # plain callable written before the protocol had it is still called without one.
-        hint = {} if start is None else {"warm_start": start}
-        result = solver(adjoint_residual, target, event_dims=event_dims, **hint)
+        matrix = None if adjoint_matrix is None else adjoint_matrix()
+        if matrix is not None:  # dF/dz is known: (dF/dz)^T w = target in one factorisation
+            policy: OnFailure = getattr(solver, "on_failure", "raise")
+            result = dense_solve(
+                matrix, target, transpose=True, event_dims=event_dims, on_failure=policy
+            )
+        else:
+            start = adjoint_start() if callable(adjoint_start) else adjoint_start
+            # Solvers of the protocol take a warm start (and ignore what they cannot use); a
+            # plain callable written before the protocol had it is still called without one.
+            hint = {} if start is None else {"warm_start": start}
+            result = solver(adjoint_residual, target, event_dims=event_dims, **hint)
         if on_solve is not None:
             on_solve(result)
         return torch.where(finite, result.root * safe_scale, grad)
@@ -165,6 +178,7 @@ def solve_implicit(
     adjoint_solver: Solver | None = None,
     event_dims: int = 1,
     on_adjoint_solve: Callable[[SolverResult], None] | None = None,
+    adjoint_matrix: Callable[[], Tensor | None] | None = None,
 ) -> tuple[Tensor, SolverResult]:
     r"""Solve ``residual(z) = 0`` from ``z0`` and attach implicit gradients to the root.
 
@@ -181,6 +195,8 @@ def solve_implicit(
             :data:`DEFAULT_ADJOINT`).
         event_dims: number of trailing dimensions forming one problem.
         on_adjoint_solve: receives the adjoint solve's result in the backward pass.
+        adjoint_matrix: the full ``dF/dz`` at the root when known (see
+            :func:`attach_implicit_grad`): the adjoint is then one linear solve.
 
     Returns:
         ``(z, result)``: the differentiable root, shape ``(*batch, *event)``, and the forward
@@ -208,5 +224,6 @@ def solve_implicit(
         event_dims=event_dims,
         on_solve=on_adjoint_solve,
         adjoint_start=start,
+        adjoint_matrix=adjoint_matrix,
     )
     return z, result

@@ -105,9 +105,15 @@ class InvertibleBlock(nn.Module):
     def _record_adjoint(self, result: SolverResult) -> None:
         self.last_adjoint_solve = result
 
-    def _solve(self, residual: Callable[[Tensor], Tensor], start: Tensor) -> Tensor:
+    def _solve(
+        self,
+        residual: Callable[[Tensor], Tensor],
+        start: Tensor,
+        adjoint_matrix: Callable[[], Tensor | None] | None = None,
+    ) -> Tensor:
         """The root of ``residual`` found from ``start`` by this block's solver, with implicit
-        gradients (adjoint solved by ``adjoint_solver``); the forward solve's report goes to
+        gradients (adjoint solved by ``adjoint_solver``, or in one linear solve when
+        ``adjoint_matrix`` gives ``dF/dz``); the forward solve's report goes to
         ``last_solve`` and the adjoint's, when it runs, to ``last_adjoint_solve``."""
         _refuse_functorch(type(self).__name__, "solves its implicit map")
         root, self.last_solve = solve_implicit(
@@ -117,8 +123,33 @@ class InvertibleBlock(nn.Module):
             adjoint_solver=self.adjoint_solver,
             event_dims=self.event_dims,
             on_adjoint_solve=self._record_adjoint,
+            adjoint_matrix=adjoint_matrix,
         )
         return root
+
+    def _solve_with_logdet(
+        self,
+        residual: Callable[[Tensor], Tensor],
+        start: Tensor,
+        g: Callable[[Tensor], Tensor],
+        est: LogDetEstimator,
+    ) -> tuple[Tensor, Tensor]:
+        """The root ``z`` of ``residual(t) = t + g(t) - target`` (see :meth:`_solve`) and
+        ``log det(I + J_g(z))`` by ``est``.
+
+        With the exact estimator the Jacobian it assembles at the root is the adjoint system's
+        matrix: the backward pass then solves that system in one batched factorisation
+        instead of iterating (the value and the gradient are the same, to the tolerance).
+        """
+        if not isinstance(est, ExactLogDet):
+            root = self._solve(residual, start)
+            return root, est(g, root, event_dims=self.event_dims)[1]
+        held: list[Tensor] = []
+        root = self._solve(residual, start, lambda: held[0] if held else None)
+        _, jac = est.jacobian(g, root, event_dims=self.event_dims)
+        m = jac + torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+        held.append(m.detach())  # dF/dz at the root, read in the backward pass
+        return root, torch.linalg.slogdet(m).logabsdet
 
     def networks(self) -> list[LipschitzNet]:
         """The residual networks of this block."""

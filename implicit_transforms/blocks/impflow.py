@@ -12,7 +12,7 @@ from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import LogDetEstimator
 from implicit_transforms.recipes.families import FAMILIES
 from implicit_transforms.recipes.registry import make_logdet
-from implicit_transforms.solvers import Solver, rowwise
+from implicit_transforms.solvers import Rowwise, Solver, rowwise
 
 __all__ = ["ImplicitBlock"]
 
@@ -93,8 +93,10 @@ class ImplicitBlock(InvertibleBlock):
     ) -> tuple[Tensor, Tensor]:
         est = self.estimator(self._event_numel(src))
         g_src_val, ld_src = est(g_src, src, event_dims=self.event_dims)
-        dst = self._solve_to(src + g_src_val, g_dst)
-        _, ld_dst = est(g_dst, dst, event_dims=self.event_dims)
+        target = src + g_src_val
+        dst, ld_dst = self._solve_with_logdet(
+            self._residual_to(target, g_dst), target.detach(), g_dst, est
+        )
         return dst, ld_src - ld_dst
 
     def forward_and_logdet(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -113,15 +115,20 @@ class ImplicitBlock(InvertibleBlock):
         with self.frozen():
             return self._solve_to(src + g_src(src), g_dst)
 
-    def _solve_to(self, target: Tensor, g_dst: _NetOnRows) -> Tensor:
-        """``dst`` with ``dst + g_dst(dst) = target`` (active rows only; implicit gradients)."""
+    @staticmethod
+    def _residual_to(target: Tensor, g_dst: _NetOnRows) -> Rowwise:
+        """``F(t) = t + g_dst(t) - target`` on any subset of the samples."""
 
         def residual(t: Tensor, rows: Tensor | None) -> Tensor:
             if rows is None:
                 return t + g_dst(t) - target
             return t + g_dst(t, rows) - target[rows]
 
-        return self._solve(rowwise(residual), target.detach())
+        return rowwise(residual)
+
+    def _solve_to(self, target: Tensor, g_dst: _NetOnRows) -> Tensor:
+        """``dst`` with ``dst + g_dst(dst) = target`` (active rows only; implicit gradients)."""
+        return self._solve(self._residual_to(target, g_dst), target.detach())
 
     def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``z`` only: the solve, without either log-det term."""

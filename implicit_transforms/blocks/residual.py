@@ -101,6 +101,6 @@ class ResidualBlock(InvertibleBlock):
         flat, ctx, batch = self._flatten(y, context, "y")
         g = self._g(ctx)
         with self.frozen():  # one normalisation per layer for the whole solve
-            x = self._solve(self._residual(flat, ctx), flat.detach())
-            _, ld = self.estimator(self._event_numel(flat))(g, x, event_dims=self.event_dims)
+            est = self.estimator(self._event_numel(flat))
+            x, ld = self._solve_with_logdet(self._residual(flat, ctx), flat.detach(), g, est)
         return x.reshape(y.shape), -ld.reshape(batch)

@@ -17,6 +17,7 @@ from implicit_transforms.solvers._common import (
 from implicit_transforms.solvers.anderson import Anderson, anderson, default_regularization
 from implicit_transforms.solvers.base import Solver, SolverConfig
 from implicit_transforms.solvers.broyden import Broyden, InverseJacobian, broyden
+from implicit_transforms.solvers.direct import dense_solve
 from implicit_transforms.solvers.fixed_point import FixedPoint, fixed_point
 from implicit_transforms.solvers.result import OnFailure, SolverResult, SolverStatus, WarmState
 
@@ -37,6 +38,7 @@ __all__ = [
     "default_check_every",
     "default_regularization",
     "default_tolerance",
+    "dense_solve",
     "fixed_point",
     "rowwise",
     "solver_tolerance",
