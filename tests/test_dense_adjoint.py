@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from implicit_transforms import ConvergenceError, ConvergenceWarning, InvertibleBlock
-from implicit_transforms.blocks import impflow_block, iresnet_block, resflow_block
+from implicit_transforms.blocks import impflow_block, iresnet_block, monotone_block, resflow_block
 from implicit_transforms.logdet import ExactLogDet
 from implicit_transforms.solvers import dense_solve
 
@@ -39,8 +39,18 @@ def _saturated(block: InvertibleBlock) -> InvertibleBlock:
         (lambda: resflow_block(3, [16, 16]), "inverse"),
         (lambda: iresnet_block(3, [16, 16]), "inverse"),
         (lambda: impflow_block(4, [16], context_features=2), "forward"),
+        (lambda: monotone_block(3, [16, 16]), "forward"),
+        (lambda: monotone_block(3, [16, 16]), "inverse"),
     ],
-    ids=["impflow-forward", "impflow-inverse", "resflow-inverse", "iresnet-inverse", "context"],
+    ids=[
+        "impflow-forward",
+        "impflow-inverse",
+        "resflow-inverse",
+        "iresnet-inverse",
+        "context",
+        "monotone-forward",
+        "monotone-inverse",
+    ],
 )
 def test_one_solve_adjoint_equals_the_iterative_one(factory, direction: str) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from implicit_transforms.blocks.base import InvertibleBlock
 from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.lipschitz.networks import LipschitzNet
-from implicit_transforms.logdet import LogDetEstimator
+from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
 from implicit_transforms.recipes.families import FAMILIES
 from implicit_transforms.recipes.registry import make_logdet
 from implicit_transforms.solvers import Solver, rowwise
@@ -99,7 +100,13 @@ class MonotoneBlock(InvertibleBlock):
 
         return g
 
-    def _solve_w(self, target: Tensor, ctx: Tensor | None, sign: float) -> Tensor:
+    def _solve_w(
+        self,
+        target: Tensor,
+        ctx: Tensor | None,
+        sign: float,
+        adjoint_matrix: Callable[[], Tensor | None] | None = None,
+    ) -> Tensor:
         """``w`` with ``w + sign * g(w) = target`` (active rows only; implicit gradients)."""
         g = self._g(ctx, sign)
 
@@ -108,11 +115,39 @@ class MonotoneBlock(InvertibleBlock):
                 return t + g(t) - target
             return t + g(t, rows) - target[rows]
 
-        return self._solve(rowwise(residual), target.detach())
+        return self._solve(rowwise(residual), target.detach(), adjoint_matrix)
+
+    def _solve_w_and_logdet(
+        self, target: Tensor, ctx: Tensor | None, sign: float
+    ) -> tuple[Tensor, Tensor]:
+        """``w`` (see :meth:`_solve_w`) and ``log det(I - J_g(w)) - log det(I + J_g(w))``.
+
+        With the exact estimator one Jacobian ``J_g(w)`` gives both terms, and ``I + sign J``
+        is the adjoint system's matrix (one linear solve in the backward pass)."""
+        est = self.estimator(self._event_numel(target))
+        if not isinstance(est, ExactLogDet):
+            w = self._solve_w(target, ctx, sign)
+            return w, self._logdet_at(w, ctx)
+        held: list[Tensor] = []
+        w = self._solve_w(target, ctx, sign, lambda: held[0] if held else None)
+        ld, jac, eye = self._exact_logdet(est, w, ctx)
+        held.append((eye + sign * jac).detach())  # dF/dw at the root, read in the backward
+        return w, ld
+
+    def _exact_logdet(
+        self, est: ExactLogDet, w: Tensor, ctx: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        _, jac = est.jacobian(self._g(ctx), w, event_dims=self.event_dims)
+        eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+        ld = torch.linalg.slogdet(eye - jac).logabsdet - torch.linalg.slogdet(eye + jac).logabsdet
+        return ld, jac, eye
 
     def _logdet_at(self, w: Tensor, ctx: Tensor | None) -> Tensor:
-        """``log det(I - J_g(w)) - log det(I + J_g(w))``, each term by the block's estimator."""
+        """``log det(I - J_g(w)) - log det(I + J_g(w))``, each term by the block's estimator
+        (the exact one from a single Jacobian)."""
         est = self.estimator(self._event_numel(w))
+        if isinstance(est, ExactLogDet):
+            return self._exact_logdet(est, w, ctx)[0]
         _, ld_plus = est(self._g(ctx), w, event_dims=self.event_dims)
         _, ld_minus = est(self._g(ctx, -1.0), w, event_dims=self.event_dims)
         return ld_minus - ld_plus
@@ -121,16 +156,14 @@ class MonotoneBlock(InvertibleBlock):
         """``y = sqrt(2) w - x`` with ``w + g(w) = sqrt(2) x``, and ``log|det dy/dx|``."""
         flat, ctx, batch = self._flatten(x, context, "x")
         with self.frozen():  # one normalisation per layer for the whole call
-            w = self._solve_w(_SQRT2 * flat, ctx, 1.0)
-            ld = self._logdet_at(w, ctx)
+            w, ld = self._solve_w_and_logdet(_SQRT2 * flat, ctx, 1.0)
         return (_SQRT2 * w - flat).reshape(x.shape), ld.reshape(batch)
 
     def inverse_and_logdet(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x = sqrt(2) w - y`` with ``w - g(w) = sqrt(2) y``, and ``log|det dx/dy|``."""
         flat, ctx, batch = self._flatten(y, context, "y")
         with self.frozen():
-            w = self._solve_w(_SQRT2 * flat, ctx, -1.0)
-            ld = self._logdet_at(w, ctx)
+            w, ld = self._solve_w_and_logdet(_SQRT2 * flat, ctx, -1.0)
         return (_SQRT2 * w - flat).reshape(y.shape), -ld.reshape(batch)
 
     def forward_map(self, x: Tensor, context: Tensor | None = None) -> Tensor:
