@@ -44,6 +44,7 @@ writes ``realdata.json``, ``realdata.md`` (tables), ``<dataset>.png`` (curves) a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -223,8 +224,9 @@ def residual_flow(
         changes["activation"] = activation
     if exact_train:
         changes["logdet_train"] = ExactLogDet()
-    if atol is not None:
-        changes["atol"], changes["rtol"] = atol, rtol
+    if atol is not None:  # the family's default solver with other tolerances
+        default = BlockSpec.from_options(family, d, [hidden, hidden]).solver
+        changes["solver"] = dataclasses.replace(default, atol=atol, rtol=rtol)
     spec = BlockSpec.from_options(family, d, [hidden, hidden], **changes)
     layers: list[Transform] = [Standardize(mean.float(), std.float())]
     for _ in range(blocks):
@@ -518,7 +520,6 @@ def main() -> None:
     if args.smoke:
         args.steps, args.cpu_minutes, args.eval_every, args.hidden = 4, 0.002, 2, 8
         args.batch_size = 32
-        args.datasets = list(DATASETS) if args.ablation else ["digits", "patches"]
     size = Size(impflow_blocks=args.blocks, hidden=args.hidden)
     budget = Budget(args.steps, args.cpu_minutes, args.batch_size, eval_every=args.eval_every)
     if not args.tables:
