@@ -521,6 +521,7 @@ def _plot(out: Path, ds: str, rs: list[dict[str, Any]], unit: str) -> None:
         ax.set_ylabel(f"validation NLL ({unit})")
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 1.5 * (hi - lo + 1e-3))
         ax.grid(alpha=0.3)
+    axes[0].set_xscale("log")  # the baselines take 3-15x more steps in the same CPU time
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{ds}: validation NLL at equal parameter counts")
     fig.tight_layout()
