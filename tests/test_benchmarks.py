@@ -51,6 +51,13 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str], str | None]] = {
     "images": ("images.py", [], ["images.json", "images.md"], None),
     "images-cost": ("images.py", ["--cost", "1"], ["cost.json", "cost.md"], None),
     "vi": ("vi.py", [], ["main.json"], "sklearn"),
+    "realdata": ("realdata.py", [], ["realdata.json", "realdata.md"], "skimage"),
+    "realdata-ablation": (
+        "realdata.py",
+        ["--ablation", "--datasets", "digits", "--variants", "zero-init", "shallow-wide"],
+        ["realdata.json", "ablation.md"],
+        "sklearn",
+    ),
     "speed": ("speed.py", ["--sections", SPEED_SECTIONS], ["speed.json", "speed.md"], None),
     "speed-normflows": (
         "speed.py",
