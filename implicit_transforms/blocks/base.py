@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import TypeGuard
 
 import torch
 from torch import Tensor, nn
@@ -141,7 +142,7 @@ class InvertibleBlock(nn.Module):
         matrix: the backward pass then solves that system in one batched factorisation
         instead of iterating (the value and the gradient are the same, to the tolerance).
         """
-        if not isinstance(est, ExactLogDet):
+        if not plain_exact(est):
             root = self._solve(residual, start)
             return root, est(g, root, event_dims=self.event_dims)[1]
         held: list[Tensor] = []
@@ -403,3 +404,18 @@ class InverseBlock:
 
     def __repr__(self) -> str:
         return f"InverseBlock({self._block!r})"
+
+
+def plain_exact(est: LogDetEstimator) -> TypeGuard[ExactLogDet]:
+    """Whether ``est`` is an :class:`ExactLogDet` whose Jacobian a block may reuse (for the
+    adjoint matrix, or for both Monotone terms) instead of calling ``est``.
+
+    A subclass that redefines ``__call__`` is not plain: its ``__call__`` is what the block
+    then calls, as for any other estimator.
+
+    Example:
+        >>> from implicit_transforms.logdet import ExactLogDet, RouletteLogDet
+        >>> plain_exact(ExactLogDet()), plain_exact(RouletteLogDet())
+        (True, False)
+    """
+    return isinstance(est, ExactLogDet) and type(est).__call__ is ExactLogDet.__call__

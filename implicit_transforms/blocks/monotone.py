@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from implicit_transforms.blocks.base import InvertibleBlock
+from implicit_transforms.blocks.base import InvertibleBlock, plain_exact
 from implicit_transforms.blocks.options import adjoint_for
 from implicit_transforms.lipschitz.networks import LipschitzNet
 from implicit_transforms.logdet import ExactLogDet, LogDetEstimator
@@ -125,7 +125,7 @@ class MonotoneBlock(InvertibleBlock):
         With the exact estimator one Jacobian ``J_g(w)`` gives both terms, and ``I + sign J``
         is the adjoint system's matrix (one linear solve in the backward pass)."""
         est = self.estimator(self._event_numel(target))
-        if not isinstance(est, ExactLogDet):
+        if not plain_exact(est):
             w = self._solve_w(target, ctx, sign)
             return w, self._logdet_at(w, ctx)
         held: list[Tensor] = []
@@ -146,7 +146,7 @@ class MonotoneBlock(InvertibleBlock):
         """``log det(I - J_g(w)) - log det(I + J_g(w))``, each term by the block's estimator
         (the exact one from a single Jacobian)."""
         est = self.estimator(self._event_numel(w))
-        if isinstance(est, ExactLogDet):
+        if plain_exact(est):
             return self._exact_logdet(est, w, ctx)[0]
         _, ld_plus = est(self._g(ctx), w, event_dims=self.event_dims)
         _, ld_minus = est(self._g(ctx, -1.0), w, event_dims=self.event_dims)

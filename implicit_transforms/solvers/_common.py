@@ -150,11 +150,13 @@ class Rowwise:
         fn: ``fn(z, rows) -> F(z)`` of shape ``(A, *event)``.
 
     Example:
-        A residual ``z + g(z) - y`` whose target ``y`` is indexed by the rows still solved:
+        A residual ``z + g(z) - y`` whose target ``y`` is indexed by the rows still solved;
+        the first sample is solved at the start point, so it is never evaluated again:
 
         >>> import torch
         >>> from implicit_transforms.solvers import broyden
-        >>> y = torch.randn(6, 3, dtype=torch.float64)
+        >>> y = torch.linspace(-2.0, 2.0, 18, dtype=torch.float64).reshape(6, 3)
+        >>> y[0] = 0.0
         >>> F = Rowwise(lambda z, rows: z + 0.5 * torch.tanh(z) - (y if rows is None else y[rows]))
         >>> res = broyden(F, y)
         >>> bool(res.converged.all()), res.sample_evals < res.num_evals * 6
