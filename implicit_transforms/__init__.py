@@ -28,7 +28,13 @@ from implicit_transforms.errors import (
     TracingError,
 )
 from implicit_transforms.implicit import attach_implicit_grad, solve_implicit
-from implicit_transforms.lipschitz import LipschitzCNN, LipschitzMLP, certify
+from implicit_transforms.lipschitz import (
+    LipschitzCNN,
+    LipschitzDenseCNN,
+    LipschitzDenseMLP,
+    LipschitzMLP,
+    certify,
+)
 from implicit_transforms.solvers import (
     Anderson,
     Broyden,
@@ -51,6 +57,8 @@ __all__ = [
     "ImplicitTransformsWarning",
     "InvertibleBlock",
     "LipschitzCNN",
+    "LipschitzDenseCNN",
+    "LipschitzDenseMLP",
     "LipschitzMLP",
     "LipschitzWarning",
     "MonotoneBlock",

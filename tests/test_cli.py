@@ -168,6 +168,8 @@ def test_constant_feature_and_tiny_data_are_refused() -> None:
         ({"scale": "unit"}, "--scale must be one of standardised, raw, got 'unit'"),
         ({"dataset": "digits", "scale": "raw"}, "--scale applies to vector data"),
         ({"model": "rq-coupling", "zero_init": True}, "--zero-init does not apply"),
+        ({"network": "resnet"}, "--network must be one of mlp, densenet, got 'resnet'"),
+        ({"model": "rq-coupling", "network": "densenet"}, "--network does not apply"),
     ],
 )
 def test_impossible_settings(change: dict[str, object], message: str) -> None:
@@ -226,6 +228,42 @@ def test_scale_and_zero_init_flags_defaults_and_old_configs() -> None:
     image = {k: v for k, v in TrainConfig(dataset="digits").resolved().to_json().items()
              if k not in ("scale", "zero_init")}  # fmt: skip
     assert TrainConfig.from_json(image).resolved().scale is None
+
+
+def test_network_flag_defaults_choices_and_old_configs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from implicit_transforms.cli.config import add_config_arguments, config_from_args
+    from implicit_transforms.recipes.families import NETWORK
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    flags = ["--model", "monotone", "--network", "densenet", "--activation", "clipswish"]
+    cfg = config_from_args(parser.parse_args(flags)).resolved()
+    assert (cfg.network, cfg.activation) == ("densenet", "clipswish")
+    assert TrainConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    # the library's default network in every family and on images; none for couplings
+    assert NETWORK == "mlp"
+    for model in ("impflow", "resflow", "iresnet", "monotone", "rq-impflow"):
+        assert TrainConfig(model=model).resolved().network == NETWORK, model
+    assert TrainConfig(dataset="digits").resolved().network == NETWORK
+    assert TrainConfig(model="rq-coupling").resolved().network is None
+    # a bad value is argparse's error, naming the choices
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--network", "resnet"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "invalid choice: 'resnet'" in err and "densenet" in err
+    # a config.json written before --network: its run was built with MLPs; a coupling run,
+    # which has no Lipschitz network, gets neither --network nor --zero-init
+    old = {k: v for k, v in TrainConfig(model="monotone").resolved().to_json().items()
+           if k != "network"}  # fmt: skip
+    assert TrainConfig.from_json(old).resolved().network == "mlp"
+    coupling = {k: v for k, v in TrainConfig(model="rq-coupling").resolved().to_json().items()
+                if k not in ("network", "zero_init")}  # fmt: skip
+    loaded = TrainConfig.from_json(coupling).resolved()
+    assert (loaded.network, loaded.zero_init) == (None, None)
 
 
 def test_cuda_request_without_cuda_is_refused() -> None:

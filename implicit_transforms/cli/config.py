@@ -28,7 +28,7 @@ from implicit_transforms.recipes import (
     MODELS,
 )
 from implicit_transforms.recipes.families import IMAGE_ZERO_INIT, TRAINER_SCALE
-from implicit_transforms.recipes.registry import ACTIVATION_NAMES
+from implicit_transforms.recipes.registry import ACTIVATION_NAMES, NETWORKS
 from implicit_transforms.recipes.registry import SOLVERS as SOLVER_CLASSES
 
 __all__ = ["MODELS", "MODEL_DEFAULTS", "TrainConfig", "add_config_arguments", "config_from_args"]
@@ -59,7 +59,7 @@ DEQUANTIZATIONS = ("uniform", "variational")
 SCALES = ("standardised", "raw")
 #: Settings that a ``config.json`` written before they existed lacks, with the value its run
 #: was trained with (filled in when it is loaded).
-_OLD_RUN_VALUES: dict[str, Any] = {"zero_init": False}
+_OLD_RUN_VALUES: dict[str, Any] = {"zero_init": False, "network": "mlp"}
 
 
 def _f(default: Any, help: str, **kwargs: Any) -> Any:
@@ -108,7 +108,20 @@ class TrainConfig:
     blocks: int = _f(4, "number of flow blocks")
     hidden: tuple[int, ...] = _f((64, 64), "hidden layer sizes of each network", nargs="+")
     coeff: float | None = _f(None, "Lipschitz coefficient per layer, in (0, 1)")
-    activation: str | None = _f(None, "activation of the Lipschitz networks", choices=ACTIVATIONS)
+    activation: str | None = _f(
+        None,
+        "activation of the Lipschitz networks (clipswish, i-DenseNets' concatenated LipSwish, "
+        "and cpila, Monotone Flows' concatenated Pila, map R^n to R^2n: the next layer takes "
+        "twice the features)",
+        choices=ACTIVATIONS,
+    )
+    network: str | None = _f(
+        None,
+        "architecture of the Lipschitz networks: mlp (chains of spectral layers, as the "
+        "papers) or densenet (i-DenseNets: each --hidden entry is one dense layer's growth; the "
+        "i-DenseNet paper pairs it with --activation clipswish)",
+        choices=NETWORKS,
+    )
     actnorm: bool = _f(True, "an ActNorm layer before each block")
     scales: int | None = _f(
         None, "images: scales of the multiscale flow (squeeze, --blocks blocks, factor out half)"
@@ -222,8 +235,9 @@ class TrainConfig:
             # Runs written before --n-samples was refused for files and images stored the
             # unused default there; it never had an effect, so it is dropped.
             data = {**data, "n_samples": None}
-        for name, value in _OLD_RUN_VALUES.items():
-            data.setdefault(name, value)
+        if data.get("model") != "rq-coupling":  # a coupling flow has no Lipschitz network
+            for name, value in _OLD_RUN_VALUES.items():
+                data.setdefault(name, value)
         if "scale" not in data and data.get("dataset") not in IMAGE_DATASETS:
             data = {**data, "scale": "standardised"}  # the only scale before --scale existed
         values: dict[str, Any] = {
@@ -297,15 +311,16 @@ class TrainConfig:
                 f"--scale applies to vector data, not to --dataset {self.dataset} (images are "
                 "dequantised to [0, 1] and go through a logit transform)"
             )
-        for name, choices in (("scale", SCALES), ("activation", ACTIVATIONS), ("solver", SOLVERS),
+        for name, choices in (("scale", SCALES), ("activation", ACTIVATIONS),
+                              ("network", NETWORKS), ("solver", SOLVERS),
                               ("logdet", LOGDETS), ("schedule", ("cosine", "constant")),
                               ("dtype", ("float32", "float64"))):  # fmt: skip
             v = getattr(self, name)
             if v is not None and v not in choices:
                 raise ValueError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {v!r}")
         if self.model == "rq-coupling":
-            for name in ("coeff", "activation", "solver", "logdet", "atol", "rtol", "max_iter",
-                         "zero_init"):  # fmt: skip
+            for name in ("coeff", "activation", "network", "solver", "logdet", "atol", "rtol",
+                         "max_iter", "zero_init"):  # fmt: skip
                 if getattr(self, name) is not None:
                     raise ValueError(
                         f"--{_flag(name)} does not apply to --model rq-coupling "

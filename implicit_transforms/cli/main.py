@@ -282,9 +282,13 @@ def _train_in(
 
 def _describe_model(session: Session) -> str:
     cfg = session.cfg
+    dense = ", i-DenseNet networks" if cfg.network == "densenet" else ""
     if session.is_image:
-        return f"{cfg.model} ({cfg.scales} scales x {cfg.blocks} blocks, {cfg.hidden[0]} channels)"
-    return f"{cfg.model} ({cfg.blocks} blocks)"
+        return (
+            f"{cfg.model} ({cfg.scales} scales x {cfg.blocks} blocks, {cfg.hidden[0]} "
+            f"channels{dense})"
+        )
+    return f"{cfg.model} ({cfg.blocks} blocks{dense})"
 
 
 def _describe_data(session: Session) -> str:

@@ -117,6 +117,7 @@ def block_spec(
         or cfg.solver is None
         or cfg.logdet is None
         or cfg.zero_init is None
+        or cfg.network is None
     ):
         raise ValueError("block_spec needs a resolved config: pass cfg.resolved()")
     logdet_eval = None
@@ -136,6 +137,7 @@ def block_spec(
         logdet_eval=logdet_eval,
         compile=cfg.compile,
         zero_init=cfg.zero_init,
+        network=cfg.network,
     )
 
 
@@ -202,10 +204,17 @@ def build_image_flow(
 
     ``--scales`` scales of ``--blocks`` blocks each, ``--hidden``'s first entry as the hidden
     channels of every convolutional block, ``--fc-blocks`` fully connected blocks (hidden sizes
-    ``--hidden``) at the end. Events of at most 64 numbers get the exact log-det in evaluation,
-    larger ones the (unbiased) training estimator.
+    ``--hidden``) at the end, every network built as ``--network`` says (with ``densenet``, a
+    convolutional block's network is one dense layer of that growth). Events of at most 64
+    numbers get the exact log-det in evaluation, larger ones the (unbiased) training estimator.
     """
-    if cfg.scales is None or cfg.coeff is None or cfg.activation is None or cfg.logdet is None:
+    if (
+        cfg.scales is None
+        or cfg.coeff is None
+        or cfg.activation is None
+        or cfg.logdet is None
+        or cfg.network is None
+    ):
         raise ValueError("build_image_flow needs a resolved image config: pass cfg.resolved()")
     generator = generator or torch.Generator()
     return image_flow(
@@ -224,6 +233,7 @@ def build_image_flow(
         logdet_train=make_logdet(cfg, generator),
         compile=cfg.compile,
         zero_init=bool(cfg.zero_init),
+        network=cfg.network,
     )
 
 

@@ -23,7 +23,12 @@ from implicit_transforms.logdet import (
     PowerSeriesLogDet,
     RouletteLogDet,
 )
-from implicit_transforms.recipes.families import FAMILIES, TRAINER_ACTIVATION, TRAINER_ZERO_INIT
+from implicit_transforms.recipes.families import (
+    FAMILIES,
+    NETWORK,
+    TRAINER_ACTIVATION,
+    TRAINER_ZERO_INIT,
+)
 from implicit_transforms.solvers import Anderson, Broyden, FixedPoint, SolverConfig
 
 __all__ = [
@@ -70,6 +75,7 @@ def _preset(family: str, **extra: Any) -> dict[str, Any]:
         "solver": solver_name(fam.solver("raise")),
         "logdet": fam.series,
         "zero_init": TRAINER_ZERO_INIT[family],
+        "network": NETWORK,
         **extra,
     }
 
@@ -107,7 +113,8 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }
 """The command line's per-model settings for the fields left unset. Each is the family's table
 entry (:data:`~implicit_transforms.recipes.families.FAMILIES`) with the trainer's activation
-(:data:`~implicit_transforms.recipes.families.TRAINER_ACTIVATION`)."""
+(:data:`~implicit_transforms.recipes.families.TRAINER_ACTIVATION`) and the blocks' default
+network (:data:`~implicit_transforms.recipes.families.NETWORK`, ``--network``)."""
 
 
 def make_solver(name: str, **fields: Any) -> SolverConfig:
