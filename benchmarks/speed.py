@@ -10,6 +10,8 @@ Sections (all by default):
   also reports the round-trip error of each library's inverse.
 * ``impflow``: an ImpFlow-4 step against a ResFlow-8 step with the same networks (equal
   parameters).
+* ``families``: a Monotone-8 and an ImpFlow-4 training step against ResFlow-8 with the same
+  networks, in 2-D and 64-D, fresh and briefly trained.
 * ``pyro``: a Pyro SVI step and 10,000 guide samples of ImpFlow and ResFlow guides against
   Pyro's IAF guide at (about) equal parameters.
 * ``floor``: step time over the network-evaluation floor ``t_step / (t_eval x evaluations)``,
@@ -32,6 +34,7 @@ table and writes ``speed.md`` and ``speed.json`` (with the environment) to ``--o
 
 from __future__ import annotations
 
+import math
 import resource
 import subprocess
 import sys
@@ -92,17 +95,24 @@ class Sizes:
 # -- models ----------------------------------------------------------------------------------
 
 
-def our_flow(family: str, blocks: int, hidden: list[int], activation: str = "lipswish") -> Any:
-    from implicit_transforms.plugins.nflows import ImpFlowTransform, ResFlowTransform
+def our_flow(
+    family: str, blocks: int, hidden: list[int], activation: str = "lipswish", dim: int = 2
+) -> Any:
+    from implicit_transforms.plugins.nflows import (
+        ImpFlowTransform,
+        MonotoneTransform,
+        ResFlowTransform,
+    )
     from nflows.distributions import StandardNormal
     from nflows.flows import Flow
     from nflows.transforms import ActNorm, CompositeTransform
 
-    maker = {"resflow": ResFlowTransform, "impflow": ImpFlowTransform}[family]
+    maker = {"resflow": ResFlowTransform, "impflow": ImpFlowTransform,
+             "monotone": MonotoneTransform}[family]  # fmt: skip
     layers: list[Any] = []
     for _ in range(blocks):
-        layers += [ActNorm(2), maker(2, hidden, activation=activation, coeff=0.97)]
-    return Flow(CompositeTransform(layers), StandardNormal([2]))
+        layers += [ActNorm(dim), maker(dim, hidden, activation=activation, coeff=0.97)]
+    return Flow(CompositeTransform(layers), StandardNormal([dim]))
 
 
 def normflows_flow(blocks: int, hidden: list[int]) -> Any:
@@ -234,6 +244,51 @@ def section_impflow(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
     rows.append((f"ImpFlow-4 step / ResFlow-8 step, trained {sz.sampling_train} steps, batch "
                  f"{sz.normflows_batch}",
                  f"{t['imp'] / t['res']:.2f} ({1e3 * t['imp']:.0f} / {1e3 * t['res']:.0f} ms)"))  # fmt: skip
+    return rows
+
+
+def section_families(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
+    """A training step of Monotone-8 and ImpFlow-4 against ResFlow-8 of the same networks
+    (the Monotone and ResFlow blocks hold one network each, an ImpFlow block two), each
+    family's defaults otherwise, in 2-D (checkerboard, exact training log-det) and in 64-D
+    (a correlated Gaussian, the roulette log-det), fresh flows and after brief training."""
+    rows: list[tuple[str, str]] = []
+    for dim in (2, 64):
+        torch.manual_seed(0)
+        if dim == 2:
+            data = checkerboard(sz.data)
+        else:  # a fixed correlated Gaussian: x = A e, A with singular values in [0.3, 3]
+            gen = torch.Generator().manual_seed(5)
+            q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen))
+            scale = torch.logspace(math.log10(0.3), math.log10(3.0), dim)
+            data = (torch.randn(sz.data, dim, generator=gen) @ (q * scale).T).float()
+        flows = {
+            "res": our_flow("resflow", sz.res_blocks, list(sz.hidden), "sin", dim),
+            "imp": our_flow("impflow", sz.imp_blocks, list(sz.hidden), "sin", dim),
+            "mono": our_flow("monotone", sz.res_blocks, list(sz.hidden), "sin", dim),
+        }
+        n = {k: count_parameters(f) for k, f in flows.items()}
+        for stage in ("fresh", "trained"):
+            if stage == "trained":
+                for f in flows.values():
+                    step = train_step(lambda x, f=f: -f.log_prob(x).mean(), f.parameters(),
+                                      data, sz.batch)  # fmt: skip
+                    for _ in range(sz.floor_train):
+                        step()
+            t = interleaved(
+                {k: train_step(lambda x, f=f: -f.log_prob(x).mean(), f.parameters(), data,
+                               sz.batch) for k, f in flows.items()},
+                repeats,
+            )  # fmt: skip
+            where = f"{dim}-D, {stage}" + (
+                f" ({sz.floor_train} steps)" if stage == "trained" else ""
+            )
+            for k, name in (("mono", "Monotone-8"), ("imp", "ImpFlow-4")):
+                rows.append((f"{name} step / ResFlow-8 step, {where}, batch {sz.batch} "
+                             f"({n[k]} vs {n['res']} parameters)",
+                             f"{t[k] / t['res']:.2f} ({1e3 * t[k]:.0f} / {1e3 * t['res']:.0f} ms)"))  # fmt: skip
+            rows.append((f"Monotone-8 step / ImpFlow-4 step, {where}",
+                         f"{t['mono'] / t['imp']:.2f}"))  # fmt: skip
     return rows
 
 
@@ -502,6 +557,7 @@ def section_compile(repeats: int, sz: Sizes) -> list[tuple[str, str]]:
 SECTIONS: dict[str, Callable[[int, Sizes], list[tuple[str, str]]]] = {
     "normflows": section_normflows,
     "impflow": section_impflow,
+    "families": section_families,
     "sampling": section_sampling,
     "pyro": section_pyro,
     "floor": section_floor,

@@ -34,7 +34,7 @@ def _load_common() -> ModuleType:
 
 common = _load_common()
 
-SPEED_SECTIONS = "impflow,sampling,pyro,floor,memory,solvers"
+SPEED_SECTIONS = "impflow,families,sampling,pyro,floor,memory,solvers"
 
 # id -> (script, extra arguments, files it must write, needs)
 SCRIPTS: dict[str, tuple[str, list[str], list[str], str | None]] = {
