@@ -34,6 +34,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,21 +141,20 @@ def recipe_builders(post: Posterior, names: list[str]) -> dict[str, Callable[[],
     def iaf(width: int) -> Any:
         return AutoIAFNormal(model, hidden_dim=[width, width], num_transforms=4)
 
+    def build(name: str, width: int) -> Any:
+        return iaf(width) if name == BASELINE else ours(name, width)
+
     budget = _count_after_setup(ours("impflow", h))
     out: dict[str, Callable[[], Any]] = {}
     for name in names:
-        if name == "impflow":
-            out[name] = lambda: ours("impflow", h)
-            continue
-        count: Callable[[int], int] = (
-            (lambda w: _count_after_setup(iaf(w)))
-            if name == BASELINE
-            else (lambda w, n=name: _count_after_setup(ours(n, w)))
-        )
-        width = _solve_width(count, budget, d)
-        out[name] = (
-            (lambda w=width: iaf(w)) if name == BASELINE else (lambda w=width, n=name: ours(n, w))
-        )
+        width = h
+        if name != "impflow":  # the budget's own recipe keeps its width
+
+            def count(w: int, n: str = name) -> int:
+                return _count_after_setup(build(n, w))
+
+            width = _solve_width(count, budget, d)
+        out[name] = partial(build, name, width)
     return out
 
 

@@ -185,7 +185,7 @@ def test_autoguide_trains_and_every_parameter_gets_a_gradient(mix: str, optim: s
         name for name, p in params.items() if p.grad is None or not bool(p.grad.abs().sum() > 0)
     ]
     assert not no_grad, f"no gradient reaches {no_grad}"
-    assert all(bool(torch.isfinite(p.grad).all()) for p in params.values())  # type: ignore[arg-type]
+    assert all(bool(torch.isfinite(p.grad).all()) for p in params.values())
 
 
 @pytest.mark.parametrize("mix", MIXES)

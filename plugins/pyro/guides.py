@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -381,8 +381,8 @@ def _iaf(
     one would not survive ``pyro.get_param_store().save`` / ``.load`` into a fresh guide.
     ``identity`` zeroes the network's last layer (shift 0, ``log_scale`` 0).
     """
-    order = torch.arange(input_dim)
-    order = order.flip(0) if index % 2 else order
+    order = cast(torch.LongTensor, torch.arange(input_dim))
+    order = cast(torch.LongTensor, order.flip(0)) if index % 2 else order
     net = (
         AutoRegressiveNN(input_dim, hidden, permutation=order)
         if context_dim is None
@@ -484,9 +484,9 @@ def flow_stack(
     hidden = _hidden(hidden_dims, input_dim)
     opts = recipe_options(input_dim, family if mix is None else mix.family, options, **changes)
     if mix is not None:
-        last = ElementwiseAffine(input_dim, init_loc=init_loc, init_scale=init_scale)
+        final = ElementwiseAffine(input_dim, init_loc=init_loc, init_scale=init_scale)
         layers = _mix_layers(mix, n_blocks, input_dim, hidden, opts)
-        return ComposeTransformModule([*layers, last], cache_size=1)
+        return ComposeTransformModule([*layers, final], cache_size=1)
     wrap = BlockTransformModule if explicit == "sample" else InverseBlockTransformModule
     parts: list[TransformModule] = []
     for k in range(n_blocks):
