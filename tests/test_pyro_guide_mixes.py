@@ -225,3 +225,20 @@ def test_mix_save_and_reload_through_the_param_store(tmp_path: Path) -> None:
     pyro.get_param_store().load(tmp_path / "params.pt")
     fresh()
     assert torch.allclose(fresh.get_posterior().log_prob(z), expected, atol=1e-8)
+
+
+def test_autoguide_start_scale_comes_from_the_table() -> None:
+    """A mix starts as wide as Pyro's IAF guide (its table entry), a block family as
+    ``AutoNormal`` (``GUIDE_INIT_SCALE``); an explicit ``init_scale`` wins."""
+    from implicit_transforms.recipes import GUIDE_INIT_SCALE
+
+    for name, scale in [("iaf-resflow", GUIDE_MIXES["iaf-resflow"].init_scale),
+                        ("resflow", GUIDE_INIT_SCALE), ("iaf-impflow", 1.0)]:  # fmt: skip
+        pyro.clear_param_store()
+        guide = AutoFlowStack(_funnel, name, hidden_dims=[8])
+        guide()
+        assert guide.get_transform().parts[-1].log_scale.exp().allclose(torch.tensor(scale))
+    pyro.clear_param_store()
+    guide = AutoFlowStack(_funnel, "iaf-impflow", hidden_dims=[8], init_scale=0.3)
+    guide()
+    assert guide.get_transform().parts[-1].log_scale.exp().allclose(torch.tensor(0.3))

@@ -114,6 +114,7 @@ from implicit_transforms.blocks import (
 from implicit_transforms.logdet import ExactLogDet
 from implicit_transforms.recipes.families import (
     GUIDE_ACTIVATION,
+    GUIDE_INIT_SCALE,
     GUIDE_MIXES,
     GuideMix,
     recipe_hidden,
@@ -618,7 +619,9 @@ class AutoFlowStack(AutoContinuous):
         hidden_dims: hidden sizes of every network, an int for one hidden layer (default two
             layers of ``max(32, 4 D)``).
         init_loc_fn: per-site initialisation (Pyro's ``init_to_median`` by default).
-        init_scale: starting scale of the guide, positive (``AutoNormal`` uses 0.1).
+        init_scale: starting scale of the guide, positive (default: 0.1, as ``AutoNormal``,
+            for a block family; a mix's own, 1, as Pyro's IAF guide: see
+            :class:`~implicit_transforms.recipes.families.GuideMix`).
         explicit: ``"sample"`` (default) or ``"score"``, as in :func:`flow_stack`.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change.
@@ -641,12 +644,14 @@ class AutoFlowStack(AutoContinuous):
         hidden_dims: int | Sequence[int] | None = None,
         *,
         init_loc_fn: Callable[..., Any] = init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float | None = None,
         explicit: Explicit = "sample",
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> None:
-        _check_recipe(family, blocks, explicit)  # the dimension is checked at the first call
+        _, mix = _check_recipe(family, blocks, explicit)  # the dimension: at the first call
+        if init_scale is None:
+            init_scale = GUIDE_INIT_SCALE if mix is None else mix.init_scale
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)):
             raise TypeError(f"init_scale must be a positive float, got {type(init_scale).__name__}")
         if not (math.isfinite(init_scale) and init_scale > 0):
