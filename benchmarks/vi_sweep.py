@@ -30,6 +30,7 @@ Run by hand: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/vi_sweep
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -245,8 +246,27 @@ def summarise(runs: list[dict[str, Any]], timing: dict[str, Any]) -> dict[str, A
     return out
 
 
+def overview(summary: dict[str, Any]) -> str:
+    """Recipes x posteriors: ``best / worst`` ELBO over the settings (the README's table),
+    then the step time as a ratio to IAF."""
+    posts = list(summary)
+    names = list(dict.fromkeys(n for per in summary.values() for n in per))
+    rows = []
+    for name in names:
+        cells = []
+        for p in posts:
+            s = summary[p].get(name)
+            cells.append("" if s is None else f"{s['best']:.3f} / {s['worst']:.3f}")
+        ratios = [summary[p][name]["step_ratio_to_iaf"] for p in posts if name in summary[p]]
+        ratios = [r for r in ratios if r is not None]
+        span = f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else ""
+        rows.append([name, *cells, span])
+    return markdown_table(["recipe", *posts, "step time / IAF"], rows)
+
+
 def tables(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
-    """The markdown of ``vi_sweep.md``: one summary table, then every cell per posterior."""
+    """The markdown of ``vi_sweep.md``: the overview, one summary table, then every cell per
+    posterior."""
     rows = []
     for p, per in summary.items():
         iaf_best = per.get(BASELINE, {}).get("best")
@@ -258,7 +278,7 @@ def tables(summary: dict[str, Any], runs: list[dict[str, Any]]) -> str:
                  f"{s['worst']:.3f} ({s['worst_setting']})", f"{s['max_gap']:.3f}",
                  "" if ratio is None else f"{ratio:.2f}"]
             )  # fmt: skip
-    text = markdown_table(
+    text = overview(summary) + "\n\n" + markdown_table(
         ["posterior", "recipe", "params", "best ELBO (setting)", "best - IAF best",
          "worst ELBO (setting)", "worst gap to own best", "step time / IAF"],
         rows,
@@ -290,6 +310,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-elbo", type=int, default=4096)
     p.add_argument("--timing-rounds", type=int, default=20)
+    p.add_argument("--tables", type=Path, default=None, help="rewrite the .md from this JSON")
     args = p.parse_args()
     if args.smoke:
         args.posteriors, args.budgets, args.lrs = "banana,horseshoe", "2,3", "1e-3"
@@ -299,6 +320,12 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
+    if args.tables is not None:  # the markdown again, from a result file
+        data = json.loads(args.tables.read_text())
+        text = tables(data["summary"], data["runs"])
+        write_markdown(args.tables.with_suffix(".md"), text, data["environment"])
+        print(text)
+        return
     one_thread()
     torch.set_default_dtype(torch.float32)
     folder = output_folder(args, RESULTS, "vi_sweep")
