@@ -51,6 +51,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str], str | None]] = {
     "images": ("images.py", [], ["images.json", "images.md"], None),
     "images-cost": ("images.py", ["--cost", "1"], ["cost.json", "cost.md"], None),
     "vi": ("vi.py", [], ["main.json"], "sklearn"),
+    "vi_sweep": ("vi_sweep.py", [], ["vi_sweep.json", "vi_sweep.md"], None),
     "realdata": ("realdata.py", [], ["realdata.json", "realdata.md"], "skimage"),
     "realdata-ablation": (
         "realdata.py",

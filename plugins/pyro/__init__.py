@@ -15,6 +15,7 @@ Needs the ``pyro`` extra: ``pip install 'implicit-transforms[pyro]'``.
 from implicit_transforms.plugins.pyro.distribution import FlowDistribution
 from implicit_transforms.plugins.pyro.guides import (
     RECIPE_ACTIVATION,
+    RECIPE_NAMES,
     AutoFlowStack,
     ConditionalElementwiseAffine,
     ElementwiseAffine,
@@ -53,6 +54,7 @@ from implicit_transforms.plugins.pyro.transforms import (
 __all__ = [
     "GUIDE_ACTIVATION",
     "RECIPE_ACTIVATION",
+    "RECIPE_NAMES",
     "AutoFlowStack",
     "BlockTransformModule",
     "ConditionalBlockTransformModule",

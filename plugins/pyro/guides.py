@@ -22,6 +22,18 @@ A *flow stack* is the transform of a normalizing-flow guide ``z = T(x)``, ``x ~ 
   and the last layer's rows are permuted; their spectral norms are unchanged). Unlike
   coupling or autoregressive layers, residual and implicit blocks gain nothing from them.
 
+Mixed recipes. A block's Jacobian stays within ``[1 - c, 1 + c]`` (times the affine
+layers' scales), while one affine autoregressive layer (IAF) represents a funnel
+``x_i | v ~ N(0, e^v)`` exactly. The names of
+:data:`~implicit_transforms.recipes.families.GUIDE_MIXES` (``"iaf-resflow"``,
+``"iaf-impflow"``) build Pyro's ``affine_autoregressive`` layers (``conditional_affine_
+autoregressive`` in :func:`conditional_flow_stack`) alternating with blocks, IAF first, then
+one elementwise affine layer at ``init_loc`` and ``init_scale``; every layer starts as the
+identity (the networks' last layers are zero), so the guide starts as the diagonal Gaussian
+too. Each is four networks, as IAF x4, ResFlow x4 and ImpFlow x2; ``blocks=`` is the number
+of repeats of the mix's unit. They sample and score their own samples explicitly (only
+``explicit="sample"``); scoring other points inverts the IAF layers (``D`` passes each).
+
 Scoring. The log-det each block reports is an explicit setting (see
 :class:`~implicit_transforms.blocks.InvertibleBlock`). The recipes make it **exact in
 training and in evaluation** for latent dimensions up to
@@ -57,7 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -71,8 +83,13 @@ try:
         ConditionalTransformModule,
     )
     from pyro.distributions.torch_transform import ComposeTransformModule, TransformModule
+    from pyro.distributions.transforms import (
+        AffineAutoregressive,
+        ConditionalAffineAutoregressive,
+    )
     from pyro.infer.autoguide import AutoContinuous
     from pyro.infer.autoguide.initialization import init_to_median
+    from pyro.nn import AutoRegressiveNN, ConditionalAutoRegressiveNN
     from pyro.params import param_with_module_name
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
@@ -95,11 +112,19 @@ from implicit_transforms.blocks import (
     make_options,
 )
 from implicit_transforms.logdet import ExactLogDet
-from implicit_transforms.recipes.families import GUIDE_ACTIVATION, recipe_hidden, recipe_solver
+from implicit_transforms.recipes.families import (
+    GUIDE_ACTIVATION,
+    GUIDE_INIT_SCALE,
+    GUIDE_MIXES,
+    GuideMix,
+    recipe_hidden,
+    recipe_solver,
+)
 from implicit_transforms.validation import check_hidden, check_positive_int
 
 __all__ = [
     "RECIPE_ACTIVATION",
+    "RECIPE_NAMES",
     "AutoFlowStack",
     "ConditionalElementwiseAffine",
     "ElementwiseAffine",
@@ -112,8 +137,9 @@ RECIPE_ACTIVATION = GUIDE_ACTIVATION
 """The recipes' activation: the guides' one of the assembly table
 (:data:`~implicit_transforms.recipes.families.GUIDE_ACTIVATION`)."""
 
-DEFAULT_BLOCKS = {"impflow": 2, "resflow": 4, "iresnet": 4}
-"""Blocks per stack by family: the same number of residual networks (ImpFlow has two)."""
+DEFAULT_BLOCKS = {"impflow": 2, "resflow": 4, "iresnet": 4, "monotone": 4}
+"""Blocks per stack by family: the same number of residual networks (ImpFlow has two; a
+Monotone block has one network, solved in both directions, so 4 as the residual families)."""
 
 Explicit = Literal["sample", "score"]
 
@@ -299,14 +325,35 @@ def recipe_options(
     return opts.replace(**fill) if fill else opts
 
 
-def _check_recipe(family: str, blocks: int | None, explicit: str) -> int:
-    if family not in FAMILIES:
-        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+RECIPE_NAMES = sorted([*FAMILIES, *GUIDE_MIXES])
+"""Every name the recipes take: the block families and the mixes of
+:data:`~implicit_transforms.recipes.families.GUIDE_MIXES`."""
+
+
+def _check_recipe(
+    family: str, blocks: int | None, explicit: str, input_dim: int | None = None
+) -> tuple[int, GuideMix | None]:
+    """``(blocks or repeats, mix)``: the number of blocks of a family, or the repeats of a
+    mix's unit, and the mix (None for a plain family)."""
+    if family not in FAMILIES and family not in GUIDE_MIXES:
+        raise ValueError(f"family must be one of {RECIPE_NAMES}, got {family!r}")
     if explicit not in ("sample", "score"):
         raise ValueError(f"explicit must be 'sample' or 'score', got {explicit!r}")
+    mix = GUIDE_MIXES.get(family)
+    if mix is not None and explicit != "sample":
+        raise ValueError(
+            f"{family!r} has IAF layers, explicit only when sampling: explicit='score' would "
+            "make every density evaluation D sequential passes. Use explicit='sample' (guides), "
+            "or a block family for density estimation"
+        )
+    if mix is not None and input_dim == 1:
+        raise ValueError(
+            f"{family!r} needs a latent dimension of at least 2 (an autoregressive layer on one "
+            "coordinate is a constant affine map): use a block family, e.g. 'resflow'"
+        )
     if blocks is None:
-        return DEFAULT_BLOCKS[family]
-    return check_positive_int(blocks, "blocks")
+        return (DEFAULT_BLOCKS[family] if mix is None else mix.repeats), mix
+    return check_positive_int(blocks, "blocks"), mix
 
 
 def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int]:
@@ -315,13 +362,70 @@ def _hidden(hidden_dims: int | Sequence[int] | None, input_dim: int) -> list[int
     return check_hidden(hidden_dims, "hidden_dims")
 
 
-def _start_at_identity(block: InvertibleBlock) -> InvertibleBlock:
-    """Zero the last layer of every network: ``g = 0``, the block is the identity."""
+def _start_at_identity(block: InvertibleBlock, scale: float = 0.0) -> InvertibleBlock:
+    """Multiply the last layer of every network by ``scale``: 0 (default) gives ``g = 0``,
+    the block is the identity."""
     with torch.no_grad():
         for net in block.networks():
             for param in net.layers[-1].parameters():
-                param.zero_()
+                param.mul_(scale)
     return block
+
+
+def _iaf(
+    input_dim: int, hidden: list[int], index: int, identity: bool, context_dim: int | None
+) -> AffineAutoregressive | ConditionalAffineAutoregressive:
+    """Pyro's (conditional) affine autoregressive layer, the ``index``-th of a stack.
+
+    Its variable order is fixed, not Pyro's random permutation: natural for even ``index``,
+    reversed for odd. The order is a buffer the parameter store does not hold, so a random
+    one would not survive ``pyro.get_param_store().save`` / ``.load`` into a fresh guide.
+    ``identity`` zeroes the network's last layer (shift 0, ``log_scale`` 0).
+    """
+    order = cast(torch.LongTensor, torch.arange(input_dim))
+    order = cast(torch.LongTensor, order.flip(0)) if index % 2 else order
+    net = (
+        AutoRegressiveNN(input_dim, hidden, permutation=order)
+        if context_dim is None
+        else ConditionalAutoRegressiveNN(input_dim, context_dim, hidden, permutation=order)
+    )
+    if identity:
+        with torch.no_grad():
+            for param in net.layers[-1].parameters():
+                param.zero_()
+    return (
+        AffineAutoregressive(net) if context_dim is None else ConditionalAffineAutoregressive(net)
+    )
+
+
+def _mix_layers(
+    mix: GuideMix,
+    repeats: int,
+    input_dim: int,
+    hidden: list[int],
+    opts: BlockOptions,
+    context_dim: int | None = None,
+) -> list[Any]:
+    """The IAF layers and blocks of a mix, in the table's order (no final affine layer)."""
+    parts: list[Any] = []
+    for kind in mix.layers(repeats):
+        if kind == "iaf":
+            n_iaf = sum(
+                isinstance(p, (AffineAutoregressive, ConditionalAffineAutoregressive))
+                for p in parts
+            )
+            parts.append(_iaf(input_dim, hidden, n_iaf, mix.iaf_identity, context_dim))
+        else:
+            block = build_block(
+                mix.family, input_dim, hidden, context_features=context_dim, options=opts
+            )
+            block = _start_at_identity(block, mix.block_scale)
+            parts.append(
+                BlockTransformModule(block)
+                if context_dim is None
+                else ConditionalBlockTransformModule(block)
+            )
+    return parts
 
 
 def flow_stack(
@@ -337,7 +441,8 @@ def flow_stack(
     **changes: Any,
 ) -> ComposeTransformModule:
     r"""A whole guide transform: ``blocks`` blocks of ``family``, each followed by an
-    elementwise affine layer (see the module docstring for the layout and why).
+    elementwise affine layer, or a mix of IAF layers and blocks (see the module docstring for
+    the layouts and why).
 
     Usable as ``AutoNormalizingFlow``'s ``init_transform_fn`` (``functools.partial(flow_stack,
     family="resflow")``); :class:`AutoFlowStack` builds the same stack and starts it at the
@@ -345,9 +450,12 @@ def flow_stack(
 
     Args:
         input_dim: ``D`` (the latent dimension; events ``(*, D)``).
-        family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
-        blocks: number of blocks (default: 2 ImpFlow or 4 residual blocks, the same number of
-            networks).
+        family: ``"impflow"`` (default), ``"resflow"``, ``"iresnet"``, ``"monotone"``, or a
+            mix, ``"iaf-resflow"`` or ``"iaf-impflow"`` (:data:`RECIPE_NAMES`; a mix needs
+            ``D >= 2``).
+        blocks: number of blocks (default: 2 ImpFlow or 4 residual or monotone blocks, the
+            same number of networks); for a mix, the repeats of its unit (default: the
+            table's).
         hidden_dims: hidden sizes of every network (default two layers of
             ``max(32, 4 D)``).
         init_loc: starting location of the last affine layer (float or ``(D,)``).
@@ -369,11 +477,17 @@ def flow_stack(
         >>> z = q.rsample((5,))
         >>> torch.allclose(q.log_prob(z), dist.Normal(torch.zeros(3), 1.0).to_event(1).log_prob(z))
         True
+        >>> [type(p).__name__ for p in flow_stack(3, "iaf-resflow", hidden_dims=[8]).parts]
+        ['AffineAutoregressive', 'BlockTransformModule', 'AffineAutoregressive', 'BlockTransformModule', 'ElementwiseAffine']
     """
     check_positive_int(input_dim, "input_dim")
-    n_blocks = _check_recipe(family, blocks, explicit)
+    n_blocks, mix = _check_recipe(family, blocks, explicit, input_dim)
     hidden = _hidden(hidden_dims, input_dim)
-    opts = recipe_options(input_dim, family, options, **changes)
+    opts = recipe_options(input_dim, family if mix is None else mix.family, options, **changes)
+    if mix is not None:
+        final = ElementwiseAffine(input_dim, init_loc=init_loc, init_scale=init_scale)
+        layers = _mix_layers(mix, n_blocks, input_dim, hidden, opts)
+        return ComposeTransformModule([*layers, final], cache_size=1)
     wrap = BlockTransformModule if explicit == "sample" else InverseBlockTransformModule
     parts: list[TransformModule] = []
     for k in range(n_blocks):
@@ -407,13 +521,14 @@ def conditional_flow_stack(
     r"""The conditional version of :func:`flow_stack`, for amortised inference
     ``q(z | c)``: every block takes the context as an additive bias of its networks' first
     layer, and every affine layer's ``loc`` and ``log_scale`` are functions of the context
-    (:class:`ConditionalElementwiseAffine`).
+    (:class:`ConditionalElementwiseAffine`). A mix's IAF layers are Pyro's
+    ``conditional_affine_autoregressive`` (the context enters their networks' input).
 
     Args:
         input_dim: ``D``.
         context_dim: ``C`` (contexts of shape ``(*, C)``).
-        family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
-        blocks: number of blocks (default as :func:`flow_stack`).
+        family: a block family or a mix, as :func:`flow_stack`.
+        blocks: number of blocks, or a mix's repeats (default as :func:`flow_stack`).
         hidden_dims: hidden sizes of every block network (an int is one hidden layer).
         context_hidden_dims: hidden sizes of the affine layers' context networks (default
             ``hidden_dims[:1]``).
@@ -433,17 +548,26 @@ def conditional_flow_stack(
         >>> q = dist.ConditionalTransformedDistribution(base, [ct]).condition(torch.randn(3))
         >>> q.rsample((4,)).shape
         torch.Size([4, 2])
+        >>> mix = conditional_flow_stack(2, 3, "iaf-impflow", hidden_dims=[8])
+        >>> dist.ConditionalTransformedDistribution(base, [mix]).condition(torch.randn(3)).rsample((4,)).shape
+        torch.Size([4, 2])
     """
     check_positive_int(input_dim, "input_dim")
     check_positive_int(context_dim, "context_dim")
-    n_blocks = _check_recipe(family, blocks, explicit)
+    n_blocks, mix = _check_recipe(family, blocks, explicit, input_dim)
     hidden = _hidden(hidden_dims, input_dim)
     ctx_hidden = (
         hidden[:1]
         if context_hidden_dims is None
         else check_hidden(context_hidden_dims, "context_hidden_dims")
     )
-    opts = recipe_options(input_dim, family, options, **changes)
+    opts = recipe_options(input_dim, family if mix is None else mix.family, options, **changes)
+    if mix is not None:
+        layers = _mix_layers(mix, n_blocks, input_dim, hidden, opts, context_dim)
+        last_c = ConditionalElementwiseAffine(
+            input_dim, context_dim, ctx_hidden, init_loc=init_loc, init_scale=init_scale
+        )
+        return ConditionalComposeTransformModule([*layers, last_c], cache_size=1)
     wrap = (
         ConditionalBlockTransformModule
         if explicit == "sample"
@@ -488,12 +612,16 @@ class AutoFlowStack(AutoContinuous):
 
     Args:
         model: a Pyro model.
-        family: ``"impflow"`` (default), ``"resflow"`` or ``"iresnet"``.
-        blocks: number of blocks (default: 2 ImpFlow or 4 residual blocks).
+        family: a block family (``"impflow"``, the default, ``"resflow"``, ``"iresnet"``,
+            ``"monotone"``) or a mix of IAF layers and blocks (``"iaf-resflow"``,
+            ``"iaf-impflow"``), as :func:`flow_stack`.
+        blocks: number of blocks, or a mix's repeats (default as :func:`flow_stack`).
         hidden_dims: hidden sizes of every network, an int for one hidden layer (default two
             layers of ``max(32, 4 D)``).
         init_loc_fn: per-site initialisation (Pyro's ``init_to_median`` by default).
-        init_scale: starting scale of the guide, positive (``AutoNormal`` uses 0.1).
+        init_scale: starting scale of the guide, positive (default: 0.1, as ``AutoNormal``,
+            for a block family; a mix's own, 1, as Pyro's IAF guide: see
+            :class:`~implicit_transforms.recipes.families.GuideMix`).
         explicit: ``"sample"`` (default) or ``"score"``, as in :func:`flow_stack`.
         options: a :class:`~implicit_transforms.blocks.BlockOptions`.
         **changes: :class:`~implicit_transforms.blocks.BlockOptions` fields to change.
@@ -516,12 +644,14 @@ class AutoFlowStack(AutoContinuous):
         hidden_dims: int | Sequence[int] | None = None,
         *,
         init_loc_fn: Callable[..., Any] = init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float | None = None,
         explicit: Explicit = "sample",
         options: BlockOptions | None = None,
         **changes: Any,
     ) -> None:
-        _check_recipe(family, blocks, explicit)
+        _, mix = _check_recipe(family, blocks, explicit)  # the dimension: at the first call
+        if init_scale is None:
+            init_scale = GUIDE_INIT_SCALE if mix is None else mix.init_scale
         if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)):
             raise TypeError(f"init_scale must be a positive float, got {type(init_scale).__name__}")
         if not (math.isfinite(init_scale) and init_scale > 0):
