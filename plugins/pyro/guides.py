@@ -451,7 +451,7 @@ def flow_stack(
     Args:
         input_dim: ``D`` (the latent dimension; events ``(*, D)``).
         family: ``"impflow"`` (default), ``"resflow"``, ``"iresnet"``, ``"monotone"``, or a
-            mix, ``"iaf-resflow"`` or ``"iaf-impflow"`` (:data:`RECIPE_NAMES`; a mix needs
+            mix, ``"iaf-resflow"`` or ``"iaf-impflow"`` (``RECIPE_NAMES``; a mix needs
             ``D >= 2``).
         blocks: number of blocks (default: 2 ImpFlow or 4 residual or monotone blocks, the
             same number of networks); for a mix, the repeats of its unit (default: the
