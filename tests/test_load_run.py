@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -167,6 +168,23 @@ def raw_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _assert_scores_match_the_report(run: Path, flow: Any, tmp_path: Path) -> None:
+    """``load_run``'s log-density of the test split, ``score`` on the same rows and a fresh
+    ``evaluate`` all give the run's reported test NLL."""
+    report = json.loads((run / "report.json").read_text())
+    test = _test_split(run)
+    with torch.no_grad():
+        log_p = flow.log_prob(test)
+    assert -log_p.mean().item() == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
+    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
+    np.save(src, test.numpy())
+    assert main(["score", str(run), "--input", str(src), "--output", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), log_p.numpy(), rtol=0, atol=1e-8)
+    assert main(["evaluate", str(run), "--no-progress"]) == 0
+    again = json.loads((run / "report.json").read_text())
+    assert again["test"]["nll_nats"] == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
+
+
 def test_a_raw_run_is_trained_loaded_and_scored_raw(
     raw_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -182,18 +200,7 @@ def test_a_raw_run_is_trained_loaded_and_scored_raw(
     assert torch.equal(first.std, torch.ones(2, dtype=torch.float64))
     assert not torch.allclose(_train_mean(raw_run), torch.zeros(2, dtype=torch.float64))
     # load_run, score and evaluate give the report's numbers
-    report = json.loads((raw_run / "report.json").read_text())
-    test = _test_split(raw_run)
-    with torch.no_grad():
-        log_p = flow.log_prob(test)
-    assert -log_p.mean().item() == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
-    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
-    np.save(src, test.numpy())
-    assert main(["score", str(raw_run), "--input", str(src), "--output", str(out)]) == 0
-    np.testing.assert_allclose(np.load(out), log_p.numpy(), rtol=0, atol=1e-8)
-    assert main(["evaluate", str(raw_run), "--no-progress"]) == 0
-    again = json.loads((raw_run / "report.json").read_text())
-    assert again["test"]["nll_nats"] == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
+    _assert_scores_match_the_report(raw_run, flow, tmp_path)
     capsys.readouterr()
 
 
@@ -222,17 +229,6 @@ def test_a_densenet_monotone_run_round_trips(
     blocks = list(blocks_of(flow))
     assert len(blocks) == 2 and all(isinstance(b, MonotoneBlock) for b in blocks)
     assert all(isinstance(b.net, LipschitzDenseMLP) for b in blocks)
-    report = json.loads((root / "report.json").read_text())
-    assert report["steps"] == 6
-    test = _test_split(root)
-    with torch.no_grad():
-        log_p = flow.log_prob(test)
-    assert -log_p.mean().item() == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
-    src, out = tmp_path / "x.npy", tmp_path / "y.npy"
-    np.save(src, test.numpy())
-    assert main(["score", str(root), "--input", str(src), "--output", str(out)]) == 0
-    np.testing.assert_allclose(np.load(out), log_p.numpy(), rtol=0, atol=1e-8)
-    assert main(["evaluate", str(root), "--no-progress"]) == 0
-    again = json.loads((root / "report.json").read_text())
-    assert again["test"]["nll_nats"] == pytest.approx(report["test"]["nll_nats"], abs=1e-9)
+    assert json.loads((root / "report.json").read_text())["steps"] == 6
+    _assert_scores_match_the_report(root, flow, tmp_path)
     capsys.readouterr()

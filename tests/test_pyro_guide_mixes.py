@@ -13,6 +13,7 @@ import torch
 pyro = pytest.importorskip("pyro")
 
 import pyro.distributions as dist
+from guide_checks import exact_log_q, perturb
 from implicit_transforms.plugins.pyro import AutoFlowStack, conditional_flow_stack, flow_stack
 from pyro.distributions.transforms import AffineAutoregressive, ConditionalAffineAutoregressive
 from pyro.infer import SVI, Trace_ELBO
@@ -27,26 +28,6 @@ def _clear_param_store():  # type: ignore[no-untyped-def]
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
-
-
-def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
-    """Move every parameter away from its (identity) start, so no test passes trivially."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def _exact_log_q(transform: torch.distributions.Transform, z: torch.Tensor) -> torch.Tensor:
-    """``log N(x) - log|det dT/dx|``, ``x = T^{-1}(z)`` solved afresh (no cache), the
-    Jacobian from autograd and ``slogdet``."""
-    x = transform.inv(z.clone()).detach()
-    logdets = []
-    for xi in x:
-        jac = torch.autograd.functional.jacobian(lambda t: transform(t[None])[0], xi)
-        logdets.append(torch.linalg.slogdet(jac).logabsdet)
-    base = dist.Normal(torch.zeros(z.shape[-1], dtype=z.dtype), 1.0).to_event(1)
-    return base.log_prob(x) - torch.stack(logdets)
 
 
 def _kinds(parts: list[object]) -> list[str]:
@@ -86,11 +67,11 @@ def test_log_density_is_exact(mix: str, mode: str) -> None:
     """log q(z) of the guide's own samples (cache hits) and of fresh values (inverse solves)
     equals the autograd-Jacobian one, float64."""
     t = flow_stack(3, mix, hidden_dims=[8], init_scale=0.7)
-    _perturb(t)
+    perturb(t)
     t.train(mode == "train")
     q = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), t)
     z = q.rsample((4,))
-    exact = _exact_log_q(t, z)
+    exact = exact_log_q(t, z)
     assert torch.allclose(q.log_prob(z), exact, atol=1e-9)
     assert torch.allclose(q.log_prob(z.detach().clone()), exact, atol=1e-9)
 
@@ -116,10 +97,10 @@ def test_mixes_sample_explicitly_only() -> None:
 def test_monotone_stack_builds_with_default_blocks_and_exact_density() -> None:
     t = flow_stack(3, "monotone", hidden_dims=[8], init_scale=0.7)
     assert _kinds(list(t.parts)) == ["BlockTransformModule", "ElementwiseAffine"] * 4
-    _perturb(t, 0.1)
+    perturb(t, 0.1)
     q = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), t)
     z = q.rsample((3,))
-    assert torch.allclose(q.log_prob(z), _exact_log_q(t, z), atol=1e-8)
+    assert torch.allclose(q.log_prob(z), exact_log_q(t, z), atol=1e-8)
 
 
 # -- conditional ------------------------------------------------------------------------------
@@ -138,14 +119,14 @@ def test_conditional_mix_layout_and_exact_density(mix: str) -> None:
     assert torch.allclose(
         start.log_prob(z0), dist.Normal(0.0, 0.5).expand([2]).to_event(1).log_prob(z0)
     )
-    _perturb(ct)
+    perturb(ct)
     ct.eval()
     q = dist.ConditionalTransformedDistribution(base, [ct]).condition(ctx)
     z = q.rsample()
     assert z.shape == (4, 2)
     for i in range(4):
         ti = ct.condition(ctx[i])
-        assert torch.allclose(q.log_prob(z)[i], _exact_log_q(ti, z[i : i + 1])[0], atol=1e-9)
+        assert torch.allclose(q.log_prob(z)[i], exact_log_q(ti, z[i : i + 1])[0], atol=1e-9)
     assert any(isinstance(p, ConditionalAffineAutoregressive) for p in ct.transforms)
 
 
@@ -159,10 +140,10 @@ def _funnel() -> None:
 def test_autoguide_scores_its_samples_exactly(mix: str) -> None:
     guide = AutoFlowStack(_funnel, mix, hidden_dims=[8])
     guide()
-    _perturb(guide)
+    perturb(guide)
     post = guide.get_posterior()
     z = post.rsample((5,))
-    assert torch.allclose(post.log_prob(z), _exact_log_q(guide.get_transform(), z), atol=1e-9)
+    assert torch.allclose(post.log_prob(z), exact_log_q(guide.get_transform(), z), atol=1e-9)
     assert any(isinstance(p, AffineAutoregressive) for p in guide.get_transform().parts)
 
 
@@ -220,7 +201,7 @@ def test_mix_save_and_reload_through_the_param_store(tmp_path: Path) -> None:
     pyro.set_rng_seed(123)
     fresh = AutoFlowStack(_funnel, "iaf-impflow", hidden_dims=[8])
     fresh()
-    _perturb(fresh)
+    perturb(fresh)
     assert not torch.allclose(fresh.get_posterior().log_prob(z), expected)
     pyro.get_param_store().load(tmp_path / "params.pt")
     fresh()

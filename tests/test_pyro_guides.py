@@ -11,6 +11,7 @@ import torch
 pyro = pytest.importorskip("pyro")
 
 import pyro.distributions as dist
+from guide_checks import exact_log_q, perturb
 from implicit_transforms.plugins.pyro import (
     AutoFlowStack,
     BlockTransformModule,
@@ -38,25 +39,6 @@ def _clear_param_store():  # type: ignore[no-untyped-def]
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()  # leave no float64 parameters for a later test's guide to adopt
-
-
-def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
-    """Move every parameter away from its (identity) start, so no test passes trivially."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def _exact_log_q(transform: torch.distributions.Transform, z: torch.Tensor) -> torch.Tensor:
-    """``log N(x) - log|det dT/dx|`` with ``x = T^{-1}(z)`` and the autograd Jacobian."""
-    x = transform.inv(z.clone())  # bypass every cache
-    out = []
-    for xi in x.detach():
-        jac = torch.autograd.functional.jacobian(lambda t: transform(t[None])[0], xi)
-        out.append(torch.linalg.slogdet(jac).logabsdet)
-    base = dist.Normal(torch.zeros(z.shape[-1]), 1.0).to_event(1)
-    return base.log_prob(x.detach()) - torch.stack(out)
 
 
 # -- layers ----------------------------------------------------------------------------------
@@ -90,7 +72,7 @@ def test_conditional_affine_starts_at_init_for_every_context_and_has_exact_logde
     ctx = torch.randn(5, 3)
     x = torch.randn(5, 2)
     assert torch.allclose(ct.condition(ctx)(x), 1.0 + 2.0 * x)
-    _perturb(ct)
+    perturb(ct)
     t = ct.condition(ctx)
     y = t(x)
     ld = t.log_abs_det_jacobian(x, y)
@@ -122,11 +104,11 @@ def test_log_density_is_exact_in_both_modes(family: str, mode: str) -> None:
     too (where Pyro leaves a guide after SVI), for samples (cache hits) and for values the
     guide did not produce (inverse solves)."""
     t = flow_stack(3, family, blocks=2, hidden_dims=[8], init_scale=0.7)
-    _perturb(t)
+    perturb(t)
     t.train(mode == "train")
     q = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), t)
     z = q.rsample((4,))
-    exact = _exact_log_q(t, z)
+    exact = exact_log_q(t, z)
     assert torch.allclose(q.log_prob(z), exact, atol=1e-9)
     assert torch.allclose(q.log_prob(z.detach().clone()), exact, atol=1e-9)
 
@@ -173,19 +155,19 @@ def test_sampling_does_no_logdet_work_until_asked(family: str) -> None:
             return super().__call__(g, x, event_dims=event_dims)
 
     t = flow_stack(2, family, blocks=1, hidden_dims=[8], logdet_eval=Counting())
-    _perturb(t)
+    perturb(t)
     t.eval()
     q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), t)
     z = q.sample((7,))
     assert calls == []
     lp = q.log_prob(z)  # cache hit: the log-det from the pair, no solve
-    assert calls and torch.allclose(lp, _exact_log_q(t, z), atol=1e-9)
+    assert calls and torch.allclose(lp, exact_log_q(t, z), atol=1e-9)
 
 
 @pytest.mark.parametrize("family", ["resflow", "impflow"])
 def test_forward_and_inverse_maps_alone_match_the_full_maps(family: str) -> None:
     block = (resflow_block if family == "resflow" else impflow_block)(2, [8])
-    _perturb(block)
+    perturb(block)
     x = torch.randn(5, 2)
     y, _ = block.forward_and_logdet(x)
     assert torch.allclose(block.forward_map(x), y)
@@ -195,7 +177,7 @@ def test_forward_and_inverse_maps_alone_match_the_full_maps(family: str) -> None
 
 def test_explicit_score_puts_the_explicit_map_on_log_prob() -> None:
     t = flow_stack(2, "resflow", blocks=2, hidden_dims=[8], explicit="score")
-    _perturb(t)
+    perturb(t)
     parts = [p for p in t.parts if isinstance(p, BlockTransformModule)]
     assert all(isinstance(p, InverseBlockTransformModule) for p in parts)
     q = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), t)
@@ -203,10 +185,10 @@ def test_explicit_score_puts_the_explicit_map_on_log_prob() -> None:
     solves = [p.block.last_solve for p in parts]
     lp = q.log_prob(data)  # density estimation: no solve
     assert [p.block.last_solve for p in parts] == solves
-    assert torch.allclose(lp, _exact_log_q(t, data), atol=1e-9)
+    assert torch.allclose(lp, exact_log_q(t, data), atol=1e-9)
     z = q.rsample((3,))  # sampling solves
     assert all(p.block.last_solve is not None for p in parts)
-    assert torch.allclose(q.log_prob(z), _exact_log_q(t, z), atol=1e-9)
+    assert torch.allclose(q.log_prob(z), exact_log_q(t, z), atol=1e-9)
     assert q.sample((2,)).shape == (2, 2)
 
 
@@ -229,7 +211,7 @@ def test_stack_rejects_bad_input() -> None:
 # -- conditional stacks ----------------------------------------------------------------------
 def test_conditional_stack_shapes_context_errors_and_exact_density() -> None:
     ct = conditional_flow_stack(2, 3, "resflow", blocks=2, hidden_dims=[8])
-    _perturb(ct)
+    perturb(ct)
     ct.eval()
     base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
     cd = dist.ConditionalTransformedDistribution(base, [ct])
@@ -241,7 +223,7 @@ def test_conditional_stack_shapes_context_errors_and_exact_density() -> None:
     assert torch.allclose(q.log_prob(z.clone()), q.log_prob(z), atol=1e-9)
     for i in range(5):  # per context, against the autograd Jacobian
         ti = ct.condition(ctx[i])
-        assert torch.allclose(q.log_prob(z)[i], _exact_log_q(ti, z[i : i + 1])[0], atol=1e-9)
+        assert torch.allclose(q.log_prob(z)[i], exact_log_q(ti, z[i : i + 1])[0], atol=1e-9)
     assert t is not None
     with pytest.raises(ValueError, match="context"):
         cd.condition(None).rsample((2,))  # type: ignore[arg-type]
@@ -382,7 +364,7 @@ def test_save_and_reload_through_the_param_store(tmp_path: Path) -> None:
     pyro.set_rng_seed(123)  # a fresh guide starts from other weights...
     fresh = AutoFlowStack(_gaussian_model, "impflow", hidden_dims=[8])
     fresh()
-    _perturb(fresh)
+    perturb(fresh)
     assert not torch.allclose(fresh.get_posterior().log_prob(z), expected)
     pyro.get_param_store().load(tmp_path / "params.pt")  # ...and takes the saved ones
     fresh()
@@ -439,7 +421,7 @@ def test_jit_elbo_with_pyro_autonormalizingflow_fails_inside_pyro() -> None:
 
 def test_flow_distribution_sample_uses_the_maps_alone() -> None:
     t = flow_stack(2, "impflow", blocks=1, hidden_dims=[8])
-    _perturb(t)
+    perturb(t)
     blocks = [p for p in t.parts if isinstance(p, BlockTransformModule)]
     fd = FlowDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), blocks)
     torch.manual_seed(3)
